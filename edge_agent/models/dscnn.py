@@ -1,0 +1,1 @@
+"""Placeholder: ds-cnn is being written (issue 3)."""
