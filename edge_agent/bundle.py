@@ -1,0 +1,276 @@
+"""The model bundle: one safetensors file, a JSON manifest in its metadata.
+
+A bundle's id is the sha256 of its bytes. Loading validates everything at the
+boundary (header, manifest, architecture, tensor names, shapes, dtypes, finite
+values) and never unpickles; every failure is a :class:`BundleError` whose
+message is one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import socket
+import struct
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from edge_agent.inputs import InputSpec, InputSpecError
+from edge_agent.models import EdgeModel, UnknownArchitectureError, create_model
+
+FORMAT = "edge-dcl-bundle"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be trusted or used; the message is one line."""
+
+
+@dataclass
+class Manifest:
+    """Everything a bundle says about itself besides its weights."""
+
+    arch: str
+    arch_config: dict
+    labels: list[str]
+    trained_classes: list[str]
+    input: dict
+    parents: list[str] = field(default_factory=list)
+    method: str = "init"
+    creator: str = ""
+    created_at: str = ""
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    weights_sha256: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec.from_dict(self.input)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"bundle manifest is not valid JSON ({e.msg})") from None
+        if not isinstance(raw, dict):
+            raise BundleError("bundle manifest is not a JSON object")
+        if raw.get("format") != FORMAT:
+            raise BundleError(f"not a model bundle (format {raw.get('format')!r}, expected {FORMAT!r})")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"bundle format version {raw.get('format_version')!r} is not supported (this tool reads {FORMAT_VERSION})"
+            )
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise BundleError(f"bundle manifest has unknown fields: {', '.join(unknown)}")
+        missing = [k for k in ("arch", "arch_config", "labels", "trained_classes", "input") if k not in raw]
+        if missing:
+            raise BundleError(f"bundle manifest lacks: {', '.join(missing)}")
+        m = cls(**raw)
+        m.validate()
+        return m
+
+    def validate(self) -> None:
+        if not isinstance(self.labels, list) or not all(isinstance(x, str) and x for x in self.labels):
+            raise BundleError("bundle labels must be a list of non-empty strings")
+        if len(set(self.labels)) != len(self.labels):
+            raise BundleError("bundle labels contain duplicates")
+        if not self.labels:
+            raise BundleError("bundle has an empty label list")
+        stray = sorted(set(self.trained_classes) - set(self.labels))
+        if stray:
+            raise BundleError(f"trained classes not in the label list: {', '.join(stray)}")
+        if not isinstance(self.arch_config, dict):
+            raise BundleError("bundle arch_config must be a JSON object")
+        try:
+            self.input_spec  # noqa: B018 - validates
+        except InputSpecError as e:
+            raise BundleError(f"bundle input spec: {e}") from None
+
+
+@dataclass
+class Bundle:
+    model: EdgeModel
+    manifest: Manifest
+    id: str
+    path: Path | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest.labels
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.manifest.input_spec
+
+
+def new_manifest(
+    model: EdgeModel,
+    labels: list[str],
+    input_spec: InputSpec,
+    trained_classes: list[str] | None = None,
+    parents: list[str] | None = None,
+    method: str = "init",
+    metrics: dict | None = None,
+    extra: dict | None = None,
+) -> Manifest:
+    """A manifest for ``model``, stamped with the creator and the UTC time."""
+    try:
+        creator = f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # getpass fails in some containers without a passwd entry
+        creator = socket.gethostname()
+    m = Manifest(
+        arch=model.arch,
+        arch_config=dict(model.config),
+        labels=list(labels),
+        trained_classes=sorted(trained_classes or [], key=list(labels).index),
+        input=input_spec.to_dict(),
+        parents=list(parents or []),
+        method=method,
+        creator=creator,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        metrics=dict(metrics or {}),
+        extra=dict(extra or {}),
+    )
+    m.validate()
+    if model.num_classes != len(labels):
+        raise BundleError(f"model has {model.num_classes} outputs but {len(labels)} labels")
+    return m
+
+
+def _data_section(data: bytes) -> bytes:
+    (n,) = struct.unpack("<Q", data[:8])
+    return data[8 + n :]
+
+
+def bundle_bytes(model: EdgeModel, manifest: Manifest) -> bytes:
+    """Serialize ``model`` with ``manifest``; refuses non-finite weights.
+
+    The manifest records the sha256 of the tensor data section, so an edited
+    byte anywhere in the file is caught on load, not only in the header.
+    """
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise BundleError(f"refusing to save: tensor {name!r} has NaN or infinite values")
+    # The data layout does not depend on the metadata, so hash it from a first pass.
+    manifest.weights_sha256 = hashlib.sha256(_data_section(st_save(tensors))).hexdigest()
+    return st_save(tensors, metadata={"manifest": manifest.to_json()})
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file, fsync and rename: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_bundle(model: EdgeModel, manifest: Manifest, path: str | os.PathLike) -> str:
+    """Write a bundle atomically; returns its id (sha256 hex of the bytes)."""
+    data = bundle_bytes(model, manifest)
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(data: bytes) -> Manifest:
+    """Parse and check the safetensors header and the manifest, without building the model."""
+    if len(data) < 8:
+        raise BundleError(f"file too short to be a bundle ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES or n > len(data) - 8:
+        raise BundleError(f"corrupt or truncated bundle: header says {n} bytes, file has {len(data) - 8}")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError("corrupt bundle: the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise BundleError("corrupt bundle: the safetensors header is not a JSON object")
+    meta = header.get("__metadata__") or {}
+    if "manifest" not in meta:
+        raise BundleError("not a model bundle: the safetensors file has no manifest in its metadata")
+    return Manifest.from_json(meta["manifest"])
+
+
+def load_bundle_bytes(data: bytes, path: Path | None = None) -> Bundle:
+    """Validate and load a bundle from its bytes (see module docstring)."""
+    manifest = read_manifest(data)
+    if hashlib.sha256(_data_section(data)).hexdigest() != manifest.weights_sha256:
+        raise BundleError("corrupt bundle: the weights do not match the checksum in its manifest")
+    try:
+        tensors = st_load(data)
+    except SafetensorError as e:
+        raise BundleError(f"corrupt or truncated bundle: {str(e).splitlines()[0]}") from None
+    try:
+        model = create_model(manifest.arch, num_classes=manifest.num_classes, **manifest.arch_config)
+    except UnknownArchitectureError as e:
+        raise BundleError(str(e)) from None
+    except TypeError as e:
+        raise BundleError(f"arch_config does not fit {manifest.arch!r}: {e}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise BundleError(f"bundle lacks tensors for {manifest.arch}: {', '.join(missing[:5])}")
+    if unexpected:
+        raise BundleError(f"bundle has tensors {manifest.arch} does not have: {', '.join(unexpected[:5])}")
+    for name, ref in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise BundleError(f"tensor {name!r} has shape {list(t.shape)}, {manifest.arch} needs {list(ref.shape)}")
+        if t.dtype != ref.dtype:
+            raise BundleError(f"tensor {name!r} has dtype {t.dtype}, expected {ref.dtype}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise BundleError(f"tensor {name!r} has NaN or infinite values")
+    model.load_state_dict(tensors, strict=True)
+    spec = manifest.input_spec
+    if manifest.arch_config.get("in_chans", spec.shape[0]) != spec.shape[0]:
+        raise BundleError(f"model takes {manifest.arch_config['in_chans']} channels but the input spec has {spec.shape[0]}")
+    model.eval()
+    return Bundle(model=model, manifest=manifest, id=hashlib.sha256(data).hexdigest(), path=path)
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Load and validate the bundle at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"no bundle at {path}")
+    return load_bundle_bytes(path.read_bytes(), path=path)
+
+
+def bundle_id(path: str | os.PathLike) -> str:
+    """sha256 hex of the file at ``path``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
