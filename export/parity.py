@@ -1,0 +1,93 @@
+"""Parity of an exported artifact with its torch model, run after every export.
+
+The artifact runs through :mod:`edge_agent.runtime` (the code a device runs), so
+parity also checks the runtime's layout and int8 (de)quantization handling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_agent.runtime import Runner
+
+# fp32: converters reorder float ops, so allow rounding noise relative to the logit scale.
+FP32_RTOL = 1e-3
+# int8: a quantized model may disagree on near-ties; far below this means it is broken.
+INT8_MIN_TOP1 = 0.5
+
+
+class ParityError(RuntimeError):
+    """An artifact that disagrees with its torch model beyond tolerance; one-line message."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """``max_abs_diff``: max |logit_artifact - logit_torch| (logit units); ``top1_agreement``: share of equal argmax (0..1)."""
+
+    artifact: str
+    precision: str
+    samples: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    logit_scale: float
+    top1_agreement: float
+    tolerance: float | None  # fp32 only: max allowed |dlogit|
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (
+            f"{self.artifact}: max|dlogit|={self.max_abs_diff:.3g}" + (f" (tol {self.tolerance:.3g})" if self.tolerance is not None else "") + ", "
+            f"top-1 agreement {self.top1_agreement:.3f} on {self.samples} inputs"
+        )
+
+
+def torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """float32 logits ``[N, K]`` of ``model`` in eval mode on NCHW float32 ``x``."""
+    model = model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))).numpy())
+    return np.concatenate(outs, axis=0).astype(np.float32)
+
+
+def compare_logits(name: str, precision: str, ref: np.ndarray, got: np.ndarray, int8_min_top1: float = INT8_MIN_TOP1) -> ParityReport:
+    """Compare artifact logits ``got`` with torch logits ``ref`` (both ``[N, K]``)."""
+    if ref.shape != got.shape:
+        raise ParityError(f"{name}: artifact gives logits of shape {list(got.shape)}, torch gives {list(ref.shape)}")
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    agree = float((got.argmax(1) == ref.argmax(1)).mean()) if len(ref) else 1.0
+    finite = bool(np.isfinite(got).all())
+    if precision == "fp32":
+        tol = FP32_RTOL * max(1.0, scale)
+        passed = finite and float(diff.max()) <= tol
+    else:
+        # int8 logits differ by design; only gross disagreement fails.
+        tol = None
+        passed = finite and agree >= int8_min_top1
+    return ParityReport(name, precision, len(ref), float(diff.max()) if diff.size else 0.0, float(diff.mean()) if diff.size else 0.0, scale, agree, tol, passed)
+
+
+def check_parity(
+    model: nn.Module,
+    runner: Runner,
+    inputs: np.ndarray,
+    name: str,
+    precision: str,
+    int8_min_top1: float = INT8_MIN_TOP1,
+    raise_on_fail: bool = True,
+) -> ParityReport:
+    """Run ``runner`` and ``model`` on the same NCHW ``inputs`` and compare; raise :class:`ParityError` on failure."""
+    report = compare_logits(name, precision, torch_logits(model, inputs), runner.run(inputs), int8_min_top1)
+    if raise_on_fail and not report.passed:
+        what = f"max|dlogit| {report.max_abs_diff:.3g} > tol {report.tolerance:.3g}" if precision == "fp32" else f"top-1 agreement {report.top1_agreement:.3f} < {int8_min_top1}"
+        raise ParityError(f"parity check failed for {name} ({precision}): {what} on {report.samples} inputs")
+    return report
