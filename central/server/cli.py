@@ -1,0 +1,184 @@
+"""``central`` verbs for the server: serve, publish, devices add/list/revoke, queue, consolidate-queue.
+
+Wire with ``central.server.cli.register(app)`` on the ``central`` typer app.
+``central consolidate --from-queue`` can call :func:`central.server.admin.consolidate_from_queue`
+(or use the ``consolidate-queue`` command added here).
+Admin commands talk to the running server: ``--server`` (``$CENTRAL_SERVER``,
+default http://127.0.0.1:8080) and ``--admin-token`` (``$CENTRAL_ADMIN_TOKEN``,
+else ``<data-dir>/admin-token``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from central.server.admin import admin_client, consolidate_from_queue, publish_file
+from edge_agent.client.http import CentralError, CentralUnreachable
+
+SERVER_OPT = typer.Option(None, "--server", envvar="CENTRAL_SERVER", help="central URL [default: http://127.0.0.1:8080]")
+TOKEN_OPT = typer.Option(None, "--admin-token", envvar="CENTRAL_ADMIN_TOKEN", help="admin token")
+DATA_OPT = typer.Option(None, "--data-dir", help="read the admin token from <data-dir>/admin-token")
+
+
+def _errors(fn: Callable) -> Callable:
+    """One line on stderr and a non-zero exit for expected failures (75: server unreachable)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CentralUnreachable as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(75) from None
+        except CentralError as e:
+            typer.echo(f"error: central answered {e.status}: {e}", err=True)
+            raise typer.Exit(1) from None
+        except (ValueError, FileNotFoundError) as e:
+            typer.echo(f"error: {str(e).splitlines()[0]}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def register(app: typer.Typer) -> None:
+    """Add serve, publish, devices, queue and consolidate-queue to the ``central`` typer app."""
+
+    @app.command()
+    def serve(
+        data_dir: Annotated[Path, typer.Option("--data-dir", help="registry folder (SQLite, blobs, keys)")],
+        host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 for all interfaces)"),
+        port: int = typer.Option(8080),
+        max_upload_mb: float = typer.Option(64.0, help="largest accepted upload, in MB (larger: 413)"),
+        kit_formats: str = typer.Option("onnx-int8,tflite-int8", help="kits built for each published version"),
+        kit_builder: str = typer.Option(None, help="module:function building a kit folder (default: export.kit)"),
+        log_level: str = typer.Option("info"),
+    ) -> None:
+        """Run the central's HTTP server (OpenAPI docs at /docs)."""
+        import uvicorn
+
+        from central.server.app import ServerConfig, create_app
+
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        cfg = ServerConfig(
+            data_dir=data_dir,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            kit_formats=tuple(f.strip() for f in kit_formats.split(",") if f.strip()),
+            kit_builder=kit_builder,
+        )
+        try:
+            application = create_app(cfg)
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"central serving {data_dir} on http://{host}:{port} (admin token in {data_dir / 'admin-token'})")
+        uvicorn.run(application, host=host, port=port, log_level=log_level, workers=1)
+
+    @app.command()
+    @_errors
+    def publish(
+        bundle: Annotated[Path, typer.Argument(help="bundle to make the current central version")],
+        server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Make a bundle the current central version (signed; its kits are built in the background)."""
+        if not bundle.is_file():
+            raise FileNotFoundError(f"no bundle at {bundle}")
+        with admin_client(server, admin_token, data_dir) as c:
+            v = publish_file(c, bundle)
+        if as_json:
+            typer.echo(json.dumps(v, indent=2))
+        else:
+            typer.echo(f"published v{v['version']} ({v['bundle_id'][:12]}…); kits are being built")
+
+    devices = typer.Typer(help="enrol, list and revoke devices", no_args_is_help=True)
+    app.add_typer(devices, name="devices")
+
+    @devices.command("add")
+    @_errors
+    def devices_add(
+        name: Annotated[str, typer.Argument(help="device name, e.g. kitchen-pi")],
+        server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Register a device; prints its one-time enrolment token."""
+        with admin_client(server, admin_token, data_dir) as c:
+            body = c.post_json("/v1/admin/devices", {"name": name})
+        if as_json:
+            typer.echo(json.dumps(body))
+        else:
+            typer.echo(f"device {body['device']} added; one-time enrolment token (shown once):\n{body['token']}")
+
+    @devices.command("list")
+    @_errors
+    def devices_list(
+        server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """List devices."""
+        with admin_client(server, admin_token, data_dir) as c:
+            rows = c.get_json("/v1/admin/devices")
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        for d in rows:
+            state = "revoked" if d["revoked"] else ("enrolled" if d["enrolled"] else "waiting for enrolment")
+            typer.echo(f"{d['device']:<24} {state}")
+
+    @devices.command("revoke")
+    @_errors
+    def devices_revoke(
+        name: Annotated[str, typer.Argument(help="device name")],
+        server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
+    ) -> None:
+        """Revoke a device: its token stops working at once."""
+        with admin_client(server, admin_token, data_dir) as c:
+            c.post_json(f"/v1/admin/devices/{name}/revoke")
+        typer.echo(f"device {name} revoked")
+
+    @app.command()
+    @_errors
+    def queue(
+        server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
+        show_all: bool = typer.Option(False, "--all", help="include consolidated uploads"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Uploaded device models waiting for consolidation, in arrival order."""
+        with admin_client(server, admin_token, data_dir) as c:
+            rows = c.get_json("/v1/admin/queue", params={"status": "all" if show_all else "queued"})
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            typer.echo("the queue is empty")
+        for u in rows:
+            typer.echo(f"#{u['id']:<5} {u['device']:<20} {u['bundle_id'][:12]}  from v{u['base_version']}  "
+                       f"{u['size']} bytes  {u['received_at']}  {u['status']}")
+
+    @app.command("consolidate-queue")
+    @_errors
+    def consolidate_queue(
+        server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
+        ood: str = typer.Option(None, help="OOD source: an image, a folder, 'noise' (default: the bundled photo)"),
+        method: str = typer.Option("dac"),
+        steps: int = typer.Option(None, help="consolidation steps per upload"),
+        seed: int = typer.Option(0),
+        limit: int = typer.Option(None, help="consolidate at most this many uploads"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Consolidate the queued uploads in arrival order and publish the result as a new version."""
+        r = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps,
+                                   seed=seed, limit=limit, progress=not as_json)
+        if as_json:
+            typer.echo(json.dumps(r, indent=2))
+        elif r["version"] is None:
+            typer.echo("the queue is empty: nothing to consolidate")
+        else:
+            typer.echo(f"consolidated {len(r['consolidated'])} upload(s) into v{r['base_version']} "
+                       f"-> published v{r['version']} ({r['bundle_id'][:12]}…)")

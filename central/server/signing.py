@@ -1,0 +1,62 @@
+"""The central's Ed25519 release key: created once, kept 0600 in the data dir."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.client.trust import Statement, b64
+
+KEY_FILE = "release-key.pem"
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 from the start (no window where it is world-readable)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ReleaseSigner:
+    """Signs release statements with the key in ``<data_dir>/release-key.pem``."""
+
+    def __init__(self, data_dir: str | os.PathLike):
+        path = Path(data_dir) / KEY_FILE
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError(f"{path} is not an Ed25519 private key")
+        else:
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            _write_secret(path, pem)
+        self._key = key
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public_key_b64 = b64(raw)
+
+    def sign(self, kind: str, version: int, sha256: str, fmt: str, created_at: str | None = None) -> tuple[dict, str]:
+        """Return ``(statement dict, base64 signature)`` for one release."""
+        st = Statement(
+            kind=kind,
+            version=int(version),
+            sha256=sha256,
+            format=fmt,
+            created_at=created_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        return st.__dict__.copy(), b64(self._key.sign(st.canonical()))
+
+
+def write_secret(path: str | os.PathLike, data: bytes) -> None:
+    """Public wrapper: write a secret file with mode 0600, atomically."""
+    _write_secret(Path(path), data)

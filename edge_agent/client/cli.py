@@ -1,0 +1,200 @@
+"""``edge-agent`` verbs that talk to the central: enroll, pull, upload, sync, run, pull-kit, status.
+
+Wire with ``edge_agent.client.cli.register(app)`` on the agent's typer app.
+Exit codes: 0 done; 1 refused (bad signature, rollback, rejected upload, kit
+failed); 2 bad input or not enrolled; 75 the central is unreachable, try
+again later (the work is kept, e.g. in the outbox).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_agent.bundle import BundleError, load_bundle
+from edge_agent.client.http import CentralClient, CentralError, CentralUnreachable
+from edge_agent.client.kits import KitRejected, active_kit, install_kit
+from edge_agent.client.outbox import Outbox
+from edge_agent.client.pull import pull_model
+from edge_agent.client.state import AgentHome, Enrollment, NotEnrolled
+from edge_agent.client.trust import TrustError
+from edge_agent.data.labeled import DataError
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: what schedulers (systemd, cron wrappers) understand as "retry later"
+
+
+def _fail(code: int, message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _errors(fn: Callable) -> Callable:
+    """Turn expected failures into one line on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CentralUnreachable as e:
+            _fail(EXIT_TEMPFAIL, str(e))
+        except (NotEnrolled, BundleError, DataError, FileNotFoundError) as e:
+            _fail(EXIT_USAGE, str(e).splitlines()[0])
+        except (TrustError, KitRejected) as e:
+            _fail(EXIT_REFUSED, str(e))
+        except CentralError as e:
+            _fail(EXIT_REFUSED, f"central answered {e.status}: {e}" if e.status else str(e))
+
+    return wrapper
+
+
+def _client(home: AgentHome) -> CentralClient:
+    enr = home.enrollment()
+    return CentralClient(enr.server, enr.token)
+
+
+def _deliver(home: AgentHome, client: CentralClient) -> tuple[int, int]:
+    """Deliver the outbox; returns (delivered, rejected). Unreachable propagates (exit 75)."""
+    outbox = Outbox(home.outbox)
+    try:
+        results = outbox.deliver(client)
+    except CentralUnreachable:
+        n = len(outbox.pending())
+        typer.echo(f"central unreachable: {n} upload(s) kept in the outbox {home.outbox}; run `edge-agent sync` later", err=True)
+        raise
+    ok = rej = 0
+    for r in results:
+        if r.status == "rejected":
+            rej += 1
+            typer.echo(f"rejected {r.bundle_id[:12]}: {r.detail} (moved to {outbox.rejected})", err=True)
+        else:
+            ok += 1
+            typer.echo(f"delivered {r.bundle_id[:12]} ({'already stored' if r.status == 'duplicate' else 'stored'}"
+                       f", upload #{r.upload_id})")
+    return ok, rej
+
+
+def register(app: typer.Typer) -> None:
+    """Add the central-facing verbs to the ``edge-agent`` typer app."""
+
+    @app.command()
+    @_errors
+    def enroll(
+        server: Annotated[str, typer.Option(help="central URL, e.g. http://central:8080")],
+        token: Annotated[str, typer.Option(help="one-time enrolment token from `central devices add`")],
+        force: bool = typer.Option(False, help="replace an existing enrolment"),
+    ) -> None:
+        """Enrol this device with the central and pin the central's signing key."""
+        home = AgentHome()
+        if home.enrollment_file.exists() and not force:
+            _fail(EXIT_USAGE, f"already enrolled ({home.enrollment_file}); use --force to enrol again")
+        with CentralClient(server) as c:
+            body = c.post_json("/v1/enroll", {"token": token})
+        home.save_enrollment(Enrollment(server=server.rstrip("/"), device=body["device"], token=body["token"],
+                                        public_key=body["public_key"]))
+        typer.echo(f"enrolled as {body['device']} with {server}; central key pinned ({body['public_key'][:16]}…)")
+
+    @app.command()
+    @_errors
+    def pull() -> None:
+        """Download the current central model (signed, verified, never older than the one we have)."""
+        home = AgentHome()
+        with _client(home) as c:
+            p = pull_model(c, home)
+        typer.echo(f"{'pulled' if p.updated else 'up to date:'} central v{p.version} -> {p.path}")
+
+    @app.command()
+    @_errors
+    def upload(
+        file: Annotated[Path, typer.Argument(help="a bundle this device fine-tuned")],
+        base_version: int = typer.Option(None, help="central version it was fine-tuned from (default: from its manifest)"),
+    ) -> None:
+        """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox)."""
+        home = AgentHome()
+        load_bundle(file)  # refuse a broken file here, not after it sat in the outbox
+        entry = Outbox(home.outbox).add(file, base_version)
+        typer.echo(f"queued {entry.bundle_id[:12]} in the outbox")
+        with _client(home) as c:
+            _ok, rej = _deliver(home, c)
+        if rej:
+            raise typer.Exit(EXIT_REFUSED)
+
+    @app.command()
+    @_errors
+    def sync() -> None:
+        """Deliver the outbox (each bundle exactly once) and pull the current model."""
+        home = AgentHome()
+        with _client(home) as c:
+            _ok, rej = _deliver(home, c)
+            p = pull_model(c, home)
+        typer.echo(f"{'pulled' if p.updated else 'up to date:'} central v{p.version}")
+        if rej:
+            raise typer.Exit(EXIT_REFUSED)
+
+    @app.command()
+    @_errors
+    def run(
+        data: Annotated[Path, typer.Option(help="local data: one folder per class")],
+        epochs: int = typer.Option(30, help="fine-tuning epochs"),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Pull the current model, fine-tune it on local data, upload the result, in one go."""
+        from edge_agent.train import TrainConfig, train_bundle
+
+        home = AgentHome()
+        with _client(home) as c:
+            _deliver(home, c)  # earlier work first: arrival order is consolidation order
+            p = pull_model(c, home)
+            out = home.trained / f"from-v{p.version}-{time.strftime('%Y%m%dT%H%M%S')}.safetensors"
+            info = train_bundle(p.path, data, out, cfg=TrainConfig(epochs=epochs, seed=seed), progress=sys.stderr.isatty())
+            typer.echo(f"trained on {', '.join(info['classes'])} -> {out}")
+            Outbox(home.outbox).add(out, p.version)
+            _ok, rej = _deliver(home, c)
+        if rej:
+            raise typer.Exit(EXIT_REFUSED)
+
+    @app.command("pull-kit")
+    @_errors
+    def pull_kit(
+        format: str = typer.Option("tflite-int8", "--format", help="onnx-int8, tflite-int8, onnx-fp32, ..."),
+        version: int = typer.Option(None, help="central version (default: the model version pulled last)"),
+        wait: float = typer.Option(120.0, help="seconds to wait for a kit the central is still building"),
+    ) -> None:
+        """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure."""
+        home = AgentHome()
+        with _client(home) as c:
+            if version is None and not home.state().model_version:
+                pull_model(c, home)
+            k = install_kit(c, home, format, version=version, wait_s=wait)
+        if k.updated:
+            typer.echo(f"installed {format} kit v{k.version} -> {home.kits / format / 'current'} (smoke: {k.smoke})")
+        else:
+            typer.echo(f"up to date: {format} kit v{k.version}")
+
+    @app.command()
+    @_errors
+    def status(as_json: bool = typer.Option(False, "--json")) -> None:
+        """What this agent has: enrolment, model version, kits, outbox."""
+        home = AgentHome()
+        enr = home.enrollment()
+        st = home.state()
+        kits = {fmt: {"version": v, "path": str(active_kit(home, fmt) or "")} for fmt, v in st.kits.items()}
+        info = {"server": enr.server, "device": enr.device, "home": str(home.root), "model_version": st.model_version,
+                "model": str(home.current_model() or ""), "kits": kits,
+                "outbox": [e.bundle_id for e in Outbox(home.outbox).pending()]}
+        if as_json:
+            typer.echo(json.dumps(info, indent=2))
+            return
+        typer.echo(f"device {enr.device} at {enr.server} (home {home.root})")
+        typer.echo(f"model: v{st.model_version} {info['model']}")
+        for fmt, k in kits.items():
+            typer.echo(f"kit {fmt}: v{k['version']} {k['path']}")
+        typer.echo(f"outbox: {len(info['outbox'])} upload(s) waiting")

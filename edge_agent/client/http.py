@@ -1,0 +1,164 @@
+"""HTTP to the central: bounded retries with exponential backoff, resumable verified downloads.
+
+Only ``httpx`` here (no server packages): this runs on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Self
+
+import httpx
+
+RETRY_STATUS = {429, 502, 503, 504}
+
+
+class CentralUnreachable(ConnectionError):
+    """The central could not be reached (after retries): try again later (exit 75)."""
+
+
+class CentralError(RuntimeError):
+    """The central answered with an error; ``status`` is the HTTP status, the message its one-line detail."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+        detail = body.get("detail", body) if isinstance(body, dict) else body
+    except ValueError:
+        detail = resp.text
+    text = detail if isinstance(detail, str) else str(detail)
+    return (text.splitlines() or [f"HTTP {resp.status_code}"])[0][:300]
+
+
+class CentralClient:
+    """A small client for the central's API.
+
+    ``retries`` bounds the attempts for connection failures and 429/502/503/504
+    (sleep ``backoff * 2**i`` seconds with jitter, at most ``max_backoff``).
+    Every call is safe to retry: reads are reads and uploads are idempotent by
+    bundle id on the server.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.25,
+        max_backoff: float = 4.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _delay(self, attempt: int) -> float:
+        base = min(self.max_backoff, self.backoff * (2**attempt))
+        return base * (0.5 + random.random() / 2)  # jitter: many devices must not retry in lockstep
+
+    def request(self, method: str, path: str, ok: tuple[int, ...] = (200, 201, 206), **kw) -> httpx.Response:
+        """Send with bounded retries; raises :class:`CentralUnreachable` or :class:`CentralError`."""
+        last: str = ""
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self._http.request(method, path, **kw)
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}"
+            else:
+                if resp.status_code in ok:
+                    return resp
+                if resp.status_code not in RETRY_STATUS:
+                    raise CentralError(resp.status_code, _detail(resp))
+                last = f"HTTP {resp.status_code}: {_detail(resp)}"
+            if attempt < self.retries:
+                self._sleep(self._delay(attempt))
+        raise CentralUnreachable(f"central {self.base_url} unreachable after {self.retries + 1} attempts ({last})")
+
+    def get_json(self, path: str, **kw):
+        return self.request("GET", path, **kw).json()
+
+    def post_json(self, path: str, body: dict | None = None, **kw):
+        return self.request("POST", path, json=body, **kw).json()
+
+    def upload_bundle(self, data: bytes, base_version: int | None = None) -> tuple[dict, bool]:
+        """POST a bundle; returns ``(upload row, duplicate)`` once the central acknowledged it."""
+        params = {"base_version": base_version} if base_version is not None else None
+        resp = self.request("POST", "/v1/uploads", content=data, params=params,
+                            headers={"Content-Type": "application/octet-stream"})
+        body = resp.json()
+        return body["upload"], bool(body.get("duplicate"))
+
+    def download(self, blob_id: str, dest: str | os.PathLike, sha256: str, chunk: int = 1 << 16) -> Path:
+        """Fetch blob ``blob_id`` to ``dest``, resuming ``dest.part`` with HTTP Range.
+
+        The bytes must hash to ``sha256`` (from a verified signed statement);
+        otherwise the partial file is deleted and :class:`CentralError` raised.
+        ``dest`` appears only when complete and verified (rename).
+        """
+        dest = Path(dest)
+        part = dest.with_name(dest.name + ".part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(self.retries + 1):
+            have = part.stat().st_size if part.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with self._http.stream("GET", f"/v1/blobs/{blob_id}", headers=headers) as resp:
+                    if resp.status_code == 416:  # already complete (or garbage): start over
+                        part.unlink(missing_ok=True)
+                        continue
+                    if resp.status_code not in (200, 206):
+                        if resp.status_code in RETRY_STATUS:
+                            raise httpx.TransportError(f"HTTP {resp.status_code}")
+                        resp.read()
+                        raise CentralError(resp.status_code, _detail(resp))
+                    mode = "ab" if resp.status_code == 206 else "wb"  # 200: the server ignored Range
+                    with part.open(mode) as f:
+                        for data in resp.iter_bytes(chunk):
+                            f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                break
+            except httpx.TransportError as e:
+                if attempt >= self.retries:
+                    raise CentralUnreachable(f"download of {blob_id[:12]} interrupted: {e}") from None
+                self._sleep(self._delay(attempt))
+        else:
+            raise CentralUnreachable(f"download of {blob_id[:12]} did not complete after {self.retries + 1} attempts")
+        got = _sha256_file(part)
+        if got != sha256:
+            part.unlink(missing_ok=True)
+            raise CentralError(0, f"download {blob_id[:12]}… does not match its signed sha256 (got {got[:12]}…)")
+        os.replace(part, dest)
+        return dest
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
