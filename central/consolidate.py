@@ -1,0 +1,136 @@
+"""Data-Agnostic Consolidation of a stream of device models into the central model.
+
+theta_t = method(theta_{t-1}, phi_t, OOD source): the central never sees device data.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from central.methods import ConsolidationConfig, Teacher, get_method
+from edge_agent.bundle import Bundle, BundleError, load_bundle, new_manifest, save_bundle
+from edge_agent.data.ood import OODSource, open_ood
+from edge_agent.models import EdgeModel
+from edge_agent.progress import make_progress
+
+
+class ConsolidationError(ValueError):
+    """Models that cannot be consolidated together."""
+
+
+def known_mask(bundle_labels: list[str], classes: list[str]) -> torch.Tensor:
+    mask = torch.zeros(len(bundle_labels), dtype=torch.bool)
+    index = {c: i for i, c in enumerate(bundle_labels)}
+    for c in classes:
+        mask[index[c]] = True
+    return mask
+
+
+def check_compatible(base: Bundle, other: Bundle) -> None:
+    """The incoming model must share the central's architecture, label list and input spec."""
+    name = other.path.name if other.path else other.id[:12]
+    if other.manifest.arch != base.manifest.arch or other.manifest.arch_config != base.manifest.arch_config:
+        raise ConsolidationError(
+            f"{name}: architecture {other.manifest.arch} {other.manifest.arch_config} differs from the central's "
+            f"{base.manifest.arch} {base.manifest.arch_config}"
+        )
+    if other.labels != base.labels:
+        raise ConsolidationError(f"{name}: its label list differs from the central's")
+    if other.manifest.input != base.manifest.input:
+        raise ConsolidationError(f"{name}: its input spec differs from the central's")
+    if not other.manifest.trained_classes:
+        raise ConsolidationError(f"{name}: the device model was not trained on any class")
+
+
+def consolidate_step(
+    current: EdgeModel,
+    current_classes: list[str],
+    incoming: Bundle,
+    ood: OODSource,
+    method: str,
+    cfg: ConsolidationConfig,
+    progress: bool = True,
+    description: str = "consolidate",
+) -> tuple[EdgeModel, list[str], dict]:
+    """One consolidation: returns the new model, the classes it knows, and timing."""
+    labels = incoming.labels
+    new_classes = [c for c in labels if c in set(current_classes) | set(incoming.manifest.trained_classes)]
+    t0 = time.process_time()
+    w0 = time.perf_counter()
+    if not current_classes:
+        # Nothing consolidated yet: the first device model *is* the central.
+        import copy
+
+        model = copy.deepcopy(incoming.model)
+    else:
+        previous = Teacher(current, known_mask(labels, current_classes))
+        inc = Teacher(incoming.model, known_mask(labels, incoming.manifest.trained_classes))
+        fn = get_method(method)
+        with make_progress(progress) as bar:
+            task = bar.add_task(description, total=cfg.steps, info="")
+
+            def report(step: int, losses: dict) -> None:
+                if step % 10 == 0 or step == cfg.steps:
+                    bar.update(task, completed=step, info=" ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+
+            model = fn(previous, inc, ood, cfg, progress=report)
+    timing = {"cpu_seconds": time.process_time() - t0, "wall_seconds": time.perf_counter() - w0}
+    return model, new_classes, timing
+
+
+def consolidate_files(
+    base_path: str | Path,
+    incoming_paths: list[str | Path],
+    out_path: str | Path,
+    ood: str | Path | None = None,
+    method: str = "dac",
+    cfg: ConsolidationConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Consolidate ``incoming_paths`` one after another into ``base_path``; write the result to ``out_path``.
+
+    Returns ``{"id", "out", "method", "trained_classes", "steps": [...]}``.
+    """
+    cfg = cfg or ConsolidationConfig()
+    get_method(method)  # fail before any work on a wrong name
+    base = load_bundle(base_path)
+    incoming = []
+    for p in incoming_paths:
+        try:
+            b = load_bundle(p)
+        except BundleError as e:
+            raise BundleError(f"{p}: {e}") from None
+        check_compatible(base, b)
+        incoming.append(b)
+    if not incoming:
+        raise ConsolidationError("nothing to consolidate: give at least one --incoming device model")
+    source = open_ood(ood, base.input_spec)
+    model, classes = base.model, list(base.manifest.trained_classes)
+    steps = []
+    for i, b in enumerate(incoming):
+        step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed + i})
+        model, classes, timing = consolidate_step(
+            model, classes, b, source, method, step_cfg, progress, description=f"consolidate {i + 1}/{len(incoming)}"
+        )
+        steps.append({"incoming": b.id, "classes": b.manifest.trained_classes, **timing})
+    version = base.manifest.extra.get("version")
+    manifest = new_manifest(
+        model,
+        base.labels,
+        base.input_spec,
+        trained_classes=classes,
+        parents=[base.id] + [b.id for b in incoming],
+        method=method,
+        extra={
+            "consolidation": asdict(cfg),
+            "ood": str(ood) if ood is not None else "default",
+            "stream": steps,
+            "version": (version + len(incoming)) if isinstance(version, int) else None,
+        },
+    )
+    bid = save_bundle(model, manifest, out_path)
+    return {"id": bid, "out": str(out_path), "method": method, "trained_classes": classes, "steps": steps}

@@ -1,0 +1,125 @@
+"""Data-agnostic double distillation: ``kd`` (logits only) and ``dac`` (logits + PLD).
+
+The student starts from the previous central model. Each step draws a batch
+from the OOD source; both frozen teachers label it. For every class, the target
+logit is the mean over the teachers that know that class; classes no teacher
+knows are left out of the loss. ``dac`` adds Projected Latent Distillation: one
+linear map per teacher sends the student's latent to that teacher's latent space
+(MSE); the maps are trained with the student and thrown away afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from central.methods.base import ConsolidationConfig, Teacher, register_method
+
+
+def logit_targets(teachers: list[Teacher], logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean of the logits of the teachers that know the class; returns (targets, known mask)."""
+    known = torch.stack([t.known for t in teachers]).float()  # [K, C]
+    stacked = torch.stack(logits)  # [K, B, C]
+    count = known.sum(0)
+    target = (stacked * known[:, None, :]).sum(0) / count.clamp(min=1)
+    return target, count > 0
+
+
+def logit_loss(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cfg: ConsolidationConfig) -> torch.Tensor:
+    s, t = student[:, mask], target[:, mask]
+    if cfg.logit_loss == "mse":
+        return F.mse_loss(s, t)
+    if cfg.logit_loss == "kl":
+        tau = cfg.temperature
+        return F.kl_div(F.log_softmax(s / tau, 1), F.softmax(t / tau, 1), reduction="batchmean") * tau * tau
+    raise ValueError(f"unknown logit loss {cfg.logit_loss!r} (mse or kl)")
+
+
+def make_projector(d_in: int, d_out: int, kind: str) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(d_in, d_out)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), nn.Linear(d_in, d_out))
+    raise ValueError(f"unknown projector {kind!r} (linear or mlp)")
+
+
+class Distill:
+    """KD-only consolidation; subclasses add latent losses in :meth:`latent_loss`."""
+
+    name = "kd"
+    uses_pld = False
+
+    def __call__(self, previous, incoming, ood, cfg: ConsolidationConfig, progress=None):
+        teachers = [previous, incoming]
+        for t in teachers:
+            t.model.eval()
+            t.model.requires_grad_(False)
+        student = copy.deepcopy(previous.model)
+        student.requires_grad_(True)
+        projectors = self.make_projectors(student, teachers, cfg)
+        params = list(student.parameters()) + list(projectors.parameters())
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
+        g = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        student.train(cfg.bn_mode != "frozen")
+        for step in range(cfg.steps):
+            x = ood.sample(cfg.batch_size, g)
+            with torch.no_grad():
+                outs = [t.model.latent_and_logits(x) for t in teachers]
+            z_s, l_s = student.latent_and_logits(x)
+            target, mask = logit_targets(teachers, [o[1] for o in outs])
+            kd = logit_loss(l_s, target, mask, cfg)
+            lat = self.latent_loss(z_s, [o[0] for o in outs], projectors)
+            loss = kd + cfg.pld_weight * lat if self.uses_pld else kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if progress is not None:
+                progress(step + 1, {"kd": float(kd), "pld": float(lat)})
+        if cfg.bn_mode == "reestimate":
+            reestimate_bn(student, ood, g, cfg.batch_size)
+        student.eval()
+        student.requires_grad_(False)
+        return student
+
+    def make_projectors(self, student, teachers, cfg) -> nn.ModuleList:
+        return nn.ModuleList()
+
+    def latent_loss(self, z_s: torch.Tensor, z_teachers: list[torch.Tensor], projectors: nn.ModuleList) -> torch.Tensor:
+        return torch.zeros(())
+
+
+class DAC(Distill):
+    """KD + Projected Latent Distillation (the paper's method)."""
+
+    name = "dac"
+    uses_pld = True
+
+    def make_projectors(self, student, teachers, cfg) -> nn.ModuleList:
+        return nn.ModuleList(make_projector(student.latent_dim, t.model.latent_dim, cfg.projector) for t in teachers)
+
+    def latent_loss(self, z_s, z_teachers, projectors):
+        return sum(F.mse_loss(p(z_s), z) for p, z in zip(projectors, z_teachers))
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, ood, g: torch.Generator, batch_size: int, batches: int = 50) -> None:
+    """Recompute BatchNorm running statistics as a plain average over OOD batches."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for _ in range(batches):
+        model(ood.sample(batch_size, g))
+    for m in bns:
+        m.momentum = 0.1
+
+
+register_method(Distill())
+register_method(DAC())

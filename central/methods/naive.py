@@ -1,0 +1,15 @@
+"""Naive: the newest device model replaces the central (the lower bound)."""
+
+import copy
+
+from central.methods.base import register_method
+
+
+class Naive:
+    name = "naive"
+
+    def __call__(self, previous, incoming, ood, cfg, progress=None):
+        return copy.deepcopy(incoming.model)
+
+
+register_method(Naive())

@@ -1,0 +1,237 @@
+"""Local fine-tuning on a device: greedy, on the device's own classes only.
+
+The loss sees only the logits of the classes present in the local data (masked
+logits), so the rest of the head is left exactly as pulled (Adam without weight
+decay gives zero updates to parameters whose gradient is always zero).
+Training is deterministic for a seed and resumable: a checkpoint (safetensors,
+weights + optimizer + RNG state) is written after every epoch and picked up by
+the same command after an interruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
+from edge_agent.data.labeled import DataError, LabeledSet
+from edge_agent.progress import make_progress
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 32
+    seed: int = 0
+    val_fraction: float = 0.15
+    shift: int = 1  # random translation in pixels/frames (light augmentation); 0 disables
+
+
+class Interrupted(RuntimeError):
+    """Training stopped by the user; the checkpoint allows resuming."""
+
+
+def split_train_val(data: LabeledSet, fraction: float, seed: int) -> tuple[LabeledSet, LabeledSet | None]:
+    """A stratified, seeded hold-out of ``fraction`` of each class."""
+    if fraction <= 0:
+        return data, None
+    g = torch.Generator().manual_seed(seed + 7919)
+    train_idx, val_idx = [], []
+    for c in data.classes:
+        idx = torch.tensor([i for i, lab in enumerate(data.labels) if lab == c])
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(len(idx) * fraction)) if len(idx) > 1 else 0
+        val_idx += idx[:k].tolist()
+        train_idx += idx[k:].tolist()
+    return data.subset(sorted(train_idx)), (data.subset(sorted(val_idx)) if val_idx else None)
+
+
+def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    if max_shift <= 0:
+        return x
+    dx, dy = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=g))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def masked_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+    """Top-1 accuracy with logits restricted to ``mask`` (the device's own task)."""
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(xb) for xb in x.split(256)])
+    logits = logits.masked_fill(~mask, float("-inf"))
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def _fingerprint(bundle: Bundle, data: LabeledSet, cfg: TrainConfig) -> str:
+    h = hashlib.sha256()
+    h.update(bundle.id.encode())
+    h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
+    h.update(data.x.numpy().tobytes())
+    h.update("\n".join(data.labels).encode())
+    return h.hexdigest()
+
+
+def fine_tune(
+    bundle: Bundle,
+    data: LabeledSet,
+    cfg: TrainConfig,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune ``bundle.model`` in place on ``data``; returns the model and metrics.
+
+    ``stop_after_epoch`` simulates an interruption (tests); a real Ctrl-C does the same.
+    """
+    labels = bundle.labels
+    y_all = data.targets(labels)  # raises DataError for labels the model does not know
+    train, val = split_train_val(data, cfg.val_fraction, cfg.seed)
+    x, y = train.x, train.targets(labels)
+    own = torch.zeros(len(labels), dtype=torch.bool)
+    own[y_all.unique()] = True
+    own_idx = own.nonzero().flatten()
+    remap = torch.full((len(labels),), -1, dtype=torch.long)
+    remap[own_idx] = torch.arange(len(own_idx))
+
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    model = bundle.model
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = max(1, (len(x) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    start_epoch = 0
+    fp = _fingerprint(bundle, data, cfg)
+    if checkpoint is not None and checkpoint.exists():
+        start_epoch = _load_checkpoint(checkpoint, fp, model, opt, sched, g)
+
+    loss_val = float("nan")
+    with make_progress(progress) as bar:
+        task = bar.add_task("train", total=cfg.epochs, completed=start_epoch, info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            perm = torch.randperm(len(x), generator=g)
+            total, count = 0.0, 0
+            for i in range(0, len(x), cfg.batch_size):
+                idx = perm[i : i + cfg.batch_size]
+                if len(idx) < 2:  # BatchNorm needs more than one sample
+                    continue
+                logits = model(_shift(x[idx], cfg.shift, g))
+                loss = F.cross_entropy(logits[:, own_idx], remap[y[idx]])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            loss_val = total / max(count, 1)
+            if not torch.isfinite(torch.tensor(loss_val)):
+                raise DataError("training diverged (loss is NaN): try a lower --lr")
+            bar.update(task, advance=1, info=f"loss {loss_val:.4f}")
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, fp, epoch + 1, model, opt, sched, g)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+                raise Interrupted(f"stopped after epoch {epoch + 1}")
+
+    metrics = {"train_loss": loss_val, "epochs": cfg.epochs, "n_train": len(x)}
+    if val is not None:
+        metrics["val_accuracy"] = masked_accuracy(model, val.x, val.targets(labels), own)
+        metrics["n_val"] = len(val)
+    metrics["train_accuracy"] = masked_accuracy(model, x, y, own)
+    model.eval()
+    return model, metrics
+
+
+def _save_checkpoint(path: Path, fp: str, epoch: int, model, opt, sched, g: torch.Generator) -> None:
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state = opt.state_dict()
+    for pid, s in state["state"].items():
+        for k, v in s.items():
+            tensors[f"opt.{pid}.{k}"] = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.gen"] = g.get_state()
+    meta = {"fingerprint": fp, "epoch": str(epoch), "sched": json.dumps(sched.state_dict())}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, fp: str, model, opt, sched, g: torch.Generator) -> int:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # a checkpoint cut short by the interruption itself
+        raise DataError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0]}): delete it to start over") from None
+    if meta.get("fingerprint") != fp:
+        raise DataError(
+            f"checkpoint {path} belongs to another run (model, data or settings differ): delete it to start over"
+        )
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = opt.state_dict()
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state["state"].setdefault(int(pid), {})[name] = v
+    opt.load_state_dict(state)
+    sched.load_state_dict(json.loads(meta["sched"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    g.set_state(tensors["rng.gen"])
+    return int(meta["epoch"])
+
+
+def load_local_data(path: str | Path, bundle: Bundle, split: str = "train") -> LabeledSet:
+    """Read a device's local data in the layout that fits the model's input kind."""
+    spec = bundle.input_spec
+    if spec.kind == "audio":
+        from edge_agent.audio.frontend import AudioFrontend
+        from edge_agent.data.speech import load_speech_commands
+
+        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split=split)
+    from edge_agent.data.images import load_image_folder
+
+    return load_image_folder(path, spec)
+
+
+def train_bundle(
+    model_path: str | Path,
+    data_dir: str | Path,
+    out_path: str | Path,
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> dict:
+    """Fine-tune the bundle at ``model_path`` on ``data_dir``; write the new bundle to ``out_path``.
+
+    Returns ``{"id", "out", "classes", "metrics"}``. The checkpoint lives next to
+    ``out_path`` until training completes.
+    """
+    cfg = cfg or TrainConfig()
+    bundle = load_bundle(model_path)
+    data = load_local_data(data_dir, bundle, split="train")
+    out_path = Path(out_path)
+    checkpoint = out_path.with_name(out_path.name + ".ckpt")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model, metrics = fine_tune(bundle, data, cfg, checkpoint, progress, stop_after_epoch)
+    manifest = new_manifest(
+        model,
+        bundle.labels,
+        bundle.input_spec,
+        trained_classes=data.classes,
+        parents=[bundle.id],
+        method="train",
+        metrics=metrics,
+        extra={"train": asdict(cfg), "base_version": bundle.manifest.extra.get("version")},
+    )
+    bid = save_bundle(model, manifest, out_path)
+    checkpoint.unlink(missing_ok=True)
+    return {"id": bid, "out": str(out_path), "classes": data.classes, "metrics": metrics}
