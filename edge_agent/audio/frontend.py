@@ -21,12 +21,12 @@ import numpy as np
 # (low band first).  They only need to be roughly right: they put the
 # features near zero mean and unit scale, which keeps int8 input
 # quantization and the first layer well conditioned.
-_DEFAULT_BAND_MEAN: tuple[float, ...] = ()
-_DEFAULT_BAND_STD: tuple[float, ...] = ()
+_DEFAULT_BAND_MEAN: tuple[float, ...] = (-3.49, -4.23, -4.55, -4.84, -5.15, -5.51, -6.08, -6.29, -6.58, -6.79, -6.89, -7.09, -7.22, -7.29, -7.48, -7.58, -7.68, -7.77, -7.89, -7.95, -8.00, -8.13, -8.23, -8.30, -8.31, -8.22, -8.24, -8.33, -8.34, -8.38, -8.46, -8.56, -8.69, -8.82, -8.93, -9.05, -9.19, -9.25, -9.24, -9.27)  # fmt: skip
+_DEFAULT_BAND_STD: tuple[float, ...] = (2.75, 2.77, 2.92, 3.01, 3.13, 3.35, 3.89, 3.91, 3.82, 3.72, 3.66, 3.62, 3.54, 3.47, 3.40, 3.34, 3.26, 3.21, 3.16, 3.12, 3.10, 3.08, 3.05, 3.01, 2.99, 3.05, 3.07, 3.03, 3.06, 3.09, 3.07, 3.04, 3.08, 3.08, 3.08, 3.05, 3.00, 3.00, 3.00, 2.98)  # fmt: skip
 # The same measurement over all bands at once, used when the mel
 # parameters differ from the defaults (the per-band table would not fit).
-_DEFAULT_MEAN = 0.0
-_DEFAULT_STD = 1.0
+_DEFAULT_MEAN = -7.51
+_DEFAULT_STD = 3.53
 
 
 class FrontendConfigError(ValueError):
