@@ -80,7 +80,7 @@ class Distill:
             opt.step()
             sched.step()
             if progress is not None:
-                progress(step + 1, {"kd": float(kd), "pld": float(lat)})
+                progress(step + 1, {"kd": float(kd.detach()), "pld": float(lat.detach())})
         if cfg.bn_mode == "reestimate":
             reestimate_bn(student, ood, g, cfg.batch_size)
         student.eval()

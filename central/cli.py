@@ -1,0 +1,175 @@
+"""``central``: create, consolidate, evaluate and ship the multi-task model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edge_agent.errors import friendly
+
+app = typer.Typer(
+    help="The central: consolidates device models into one multi-task model without any device data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+out_console = Console()
+
+
+@app.command()
+@friendly
+def init(
+    arch: Annotated[str, typer.Option(help="architecture from the model zoo (cnn-s, ds-cnn)")] = "cnn-s",
+    labels: Annotated[Path, typer.Option(help="text file, one label per line: the global label list")] = ...,
+    input_shape: Annotated[
+        Optional[str], typer.Option(help="CxHxW for image models, e.g. 1x16x16 [default: 1x16x16; audio: from the frontend]")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where to write the bundle")] = Path("central-0.safetensors"),
+    seed: Annotated[int, typer.Option(help="initialisation seed")] = 0,
+) -> None:
+    """Create central-0: a fresh model over the whole label list, the root of every lineage.
+
+    Example: [bold]central init --arch cnn-s --labels labels.txt --input-shape 1x16x16 --out central-0.safetensors[/]
+    """
+    from central.create import init_central, read_labels
+    from edge_agent.inputs import parse_shape
+
+    names = read_labels(labels)
+    bid = init_central(arch, names, out, parse_shape(input_shape) if input_shape else None, seed=seed)
+    typer.echo(f"wrote {out} ({arch}, {len(names)} labels) id {bid}")
+
+
+@app.command()
+@friendly
+def consolidate(
+    base: Annotated[Optional[Path], typer.Option(help="the current central bundle")] = None,
+    incoming: Annotated[
+        Optional[list[Path]], typer.Option(help="device bundle(s); repeat to consolidate a stream in order")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="where to write the consolidated bundle")] = None,
+    ood: Annotated[
+        Optional[str],
+        typer.Option(help="OOD data: an image, a folder of images, an audio clip or folder, or 'noise' [default: a bundled photo / clip]"),
+    ] = None,
+    method: Annotated[str, typer.Option(help="dac (KD + PLD), kd (logits only), avg (parameter averaging), naive")] = "dac",
+    steps: Annotated[int, typer.Option(help="optimisation steps per incoming model")] = 500,
+    batch_size: Annotated[int, typer.Option(help="OOD samples per step")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay)")] = 1e-3,
+    pld_weight: Annotated[float, typer.Option(help="weight of the projected latent loss (dac)")] = 1.0,
+    logit_loss: Annotated[str, typer.Option(help="mse on raw logits, or kl with --temperature")] = "mse",
+    seed: Annotated[int, typer.Option()] = 0,
+    from_queue: Annotated[bool, typer.Option("--from-queue", help="consolidate the server's upload queue and publish")] = False,
+    server: Annotated[Optional[str], typer.Option(envvar="CENTRAL_SERVER", help="with --from-queue: central URL")] = None,
+    admin_token: Annotated[Optional[str], typer.Option(envvar="CENTRAL_ADMIN_TOKEN", help="with --from-queue")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="with --from-queue: read the admin token here")] = None,
+) -> None:
+    """Consolidate device models into the central model, data-free (DAC).
+
+    Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors[/]
+    """
+    from central.methods import ConsolidationConfig
+
+    cfg = ConsolidationConfig(
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, pld_weight=pld_weight, logit_loss=logit_loss
+    )
+    if from_queue:
+        from central.server.admin import consolidate_from_queue
+
+        result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps, seed=seed)
+        typer.echo(json.dumps(result, indent=2))
+        return
+    if base is None or not incoming or out is None:
+        raise ValueError("give --base, at least one --incoming and --out (or --from-queue)")
+    from central.consolidate import consolidate_files
+
+    r = consolidate_files(base, list(incoming), out, ood=ood, method=method, cfg=cfg)
+    typer.echo(f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes) id {r['id']}")
+
+
+@app.command()
+@friendly
+def evaluate(
+    model: Annotated[Path, typer.Option(help="a bundle (.safetensors) or an artifact kit folder")],
+    data: Annotated[Path, typer.Option(help="test data: image folders, or a Speech Commands folder")],
+    stream: Annotated[
+        Optional[Path], typer.Option(help="stream.json naming each experience's classes [default: next to --data]")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Accuracy overall, per class and per experience (class-incremental and task-aware)."""
+    from central.evaluate_cli import evaluate_path
+
+    report = evaluate_path(model, data, stream)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
+    out_console.print(
+        f"[bold]accuracy {report['accuracy']:.4f}[/] on {report['n']} samples "
+        f"(argmax over the {len(report['known_classes'])} classes the model was trained on)"
+    )
+    t = Table("class", "accuracy", "n")
+    for c, r in report["per_class"].items():
+        t.add_row(c, f"{r['accuracy']:.3f}", str(r["n"]))
+    out_console.print(t)
+    if report.get("per_experience"):
+        t = Table("experience", "accuracy", "task-aware", "n")
+        for e, r in report["per_experience"].items():
+            t.add_row(e, f"{r['accuracy']:.3f}", f"{r['task_aware_accuracy']:.3f}", str(r["n"]))
+        out_console.print(t)
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="report folder (data, bundles, JSON, PNG, Markdown)")] = Path("demo-out"),
+    modality: Annotated[str, typer.Option(help="image (Split-Digits) or audio (synthetic keyword spotting)")] = "image",
+    steps: Annotated[int, typer.Option(help="consolidation steps per device")] = 500,
+    epochs: Annotated[int, typer.Option(help="device training epochs")] = 30,
+    seed: Annotated[int, typer.Option()] = 0,
+    methods: Annotated[str, typer.Option(help="comma-separated methods to compare")] = "naive,dac",
+) -> None:
+    """Run a whole continual-learning stream end to end on bundled data and write a report."""
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if modality == "image":
+        from central.demo import run_demo
+
+        report = run_demo(out, names, steps=steps, epochs=epochs, seed=seed, log=typer.echo)
+    elif modality == "audio":
+        from central.demo_audio import run_audio_demo
+
+        report = run_audio_demo(out, names, steps=steps, seed=seed, log=typer.echo)
+    else:
+        raise ValueError(f"--modality must be image or audio, not {modality!r}")
+    for m, r in report["methods"].items():
+        typer.echo(f"{m:>6}: final average accuracy {r['final_avg_acc']:.3f}, average forgetting {r['avg_forgetting']:.3f}")
+    typer.echo(f"report: {out / 'summary.md'} ({report['wall_seconds']:.0f} s)")
+
+
+def _register_optional() -> None:
+    """Commands whose stacks are extras: missing extras just leave the command out."""
+    for module in ("export.cli", "central.server.cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(app)
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

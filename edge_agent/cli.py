@@ -1,0 +1,114 @@
+"""``edge-agent``: what runs on the device: train on local data, talk to the central, run kits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edge_agent.errors import friendly
+
+app = typer.Typer(
+    help="The edge agent: fine-tunes the central model on this device's own data; no raw data leaves the device.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Write the bundled datasets as folders (images: Split-Digits; audio: synthetic speech).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+@friendly
+def train(
+    model: Annotated[Path, typer.Option(help="the pulled central bundle (.safetensors)")],
+    data: Annotated[Path, typer.Option(help="local data: one folder per class (images) or a Speech Commands folder")],
+    out: Annotated[Path, typer.Option(help="where to write the fine-tuned bundle")],
+    epochs: Annotated[int, typer.Option(help="passes over the local data")] = 30,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay)")] = 1e-3,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    val_fraction: Annotated[float, typer.Option(help="held out per class for the local validation accuracy")] = 0.15,
+    seed: Annotated[int, typer.Option(help="same seed, same data, same result")] = 0,
+) -> None:
+    """Fine-tune the central model on this device's classes only (masked logits).
+
+    Interrupted? Run the same command again: it resumes from the checkpoint next to --out.
+
+    Example: [bold]edge-agent train --model central-0.safetensors --data dev1/ --out dev1.safetensors --epochs 30 --seed 1[/]
+    """
+    from edge_agent.train import Interrupted, TrainConfig, train_bundle
+
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction)
+    try:
+        r = train_bundle(model, data, out, cfg)
+    except (KeyboardInterrupt, Interrupted):
+        typer.secho(f"interrupted: run the same command again to resume from {out}.ckpt", err=True, fg="yellow")
+        raise typer.Exit(130) from None
+    m = r["metrics"]
+    val = f", local validation accuracy {m['val_accuracy']:.3f} on {m['n_val']}" if "val_accuracy" in m else ""
+    typer.echo(f"wrote {out}: classes {', '.join(r['classes'])}{val}; id {r['id']}")
+
+
+@data_app.command("digits")
+@friendly
+def data_digits(
+    out: Annotated[Path, typer.Option(help="folder to write dev1..devN/, val/, test/, labels.txt, stream.json")] = Path("split-digits"),
+    devices: Annotated[int, typer.Option(help="device experiences (10 classes split evenly)")] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Split-Digits: scikit-learn's real UCI digits as per-device class folders."""
+    from edge_agent.data.digits import write_split_digits
+
+    s = write_split_digits(out, n_devices=devices, seed=seed)
+    typer.echo(f"wrote {out}: {', '.join(e['name'] + '=' + '+'.join(e['classes']) for e in s['experiences'])}")
+
+
+@data_app.command("speech")
+@friendly
+def data_speech(
+    out: Annotated[Path, typer.Option(help="folder to write in the Google Speech Commands layout")] = Path("speech"),
+    words: Annotated[Optional[str], typer.Option(help="comma-separated words [default: the ten core words]")] = None,
+    speakers_per_accent: Annotated[Optional[int], typer.Option(help="speakers per accent group")] = None,
+    clips_per_speaker: Annotated[Optional[int], typer.Option(help="clips per speaker and word")] = None,
+    stream: Annotated[Optional[str], typer.Option(help="also write per-device folders: domain or class")] = None,
+    devices: Annotated[int, typer.Option(help="devices in the stream")] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Synthesize a keyword-spotting dataset with eSpeak NG (many accents, noise, shifts)."""
+    from edge_agent.data.speech_synth import write_speech_dataset
+
+    kwargs: dict = {"seed": seed}
+    if words:
+        kwargs["words"] = [w.strip() for w in words.split(",") if w.strip()]
+    if speakers_per_accent:
+        kwargs["speakers_per_accent"] = speakers_per_accent
+    if clips_per_speaker:
+        kwargs["clips_per_speaker"] = clips_per_speaker
+    summary = write_speech_dataset(out, **kwargs)
+    typer.echo(f"wrote {out}: {summary}")
+    if stream:
+        from edge_agent.data.kws_streams import write_kws_stream
+
+        folders = write_kws_stream(out, out.parent / f"{out.name}-{stream}", kind=stream, n_devices=devices)
+        typer.echo(f"wrote {len(folders)} device folders: {', '.join(str(f) for f in folders)}")
+
+
+def _register_optional() -> None:
+    for module in ("edge_agent.infer_cli", "edge_agent.client.cli", "edge_agent.bench_cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(app)
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
