@@ -121,6 +121,7 @@ class _Espeak:
             import espeakng_loader
         except ImportError:
             raise SynthesisError("speech synthesis needs the espeakng-loader package (pip install espeakng-loader)") from None
+        self._data_path = Path(espeakng_loader.get_data_path())
         self._lib = lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
@@ -146,6 +147,10 @@ class _Espeak:
 
     def say(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> np.ndarray:
         """int16 samples at 22050 Hz of ``text`` spoken by ``voice`` (``lang+variant``)."""
+        variant = voice.partition("+")[2]
+        # eSpeak silently ignores an unknown variant; a dataset must not.
+        if variant and not (self._data_path / "voices" / "!v" / variant).is_file():
+            raise SynthesisError(f"eSpeak NG has no voice variant {variant!r}")
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise SynthesisError(f"eSpeak NG has no voice {voice!r}")
         self._lib.espeak_SetParameter(self._RATE, int(rate), 0)
