@@ -357,6 +357,7 @@ class Registry:
                 signature=signature, created_at=statement["created_at"], source=source,
             )
             s.add(v)
+            s.flush()  # the version row must exist before kit rows reference it (foreign key)
             for u in uploads:
                 u.status = "consolidated"
                 u.consolidated_into = n

@@ -16,6 +16,7 @@ KEY_FILE = "release-key.pem"
 
 def _write_secret(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600 from the start (no window where it is world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

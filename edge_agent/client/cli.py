@@ -18,14 +18,12 @@ from typing import Annotated
 
 import typer
 
-from edge_agent.bundle import BundleError, load_bundle
 from edge_agent.client.http import CentralClient, CentralError, CentralUnreachable
 from edge_agent.client.kits import KitRejected, active_kit, install_kit
 from edge_agent.client.outbox import Outbox
 from edge_agent.client.pull import pull_model
 from edge_agent.client.state import AgentHome, Enrollment, NotEnrolled
 from edge_agent.client.trust import TrustError
-from edge_agent.data.labeled import DataError
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -46,10 +44,11 @@ def _errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except CentralUnreachable as e:
             _fail(EXIT_TEMPFAIL, str(e))
-        except (NotEnrolled, BundleError, DataError, FileNotFoundError) as e:
-            _fail(EXIT_USAGE, str(e).splitlines()[0])
         except (TrustError, KitRejected) as e:
             _fail(EXIT_REFUSED, str(e))
+        except (NotEnrolled, ValueError, FileNotFoundError) as e:
+            # ValueError covers BundleError and DataError (bad local files) without importing torch here.
+            _fail(EXIT_USAGE, (str(e).splitlines() or [type(e).__name__])[0])
         except CentralError as e:
             _fail(EXIT_REFUSED, f"central answered {e.status}: {e}" if e.status else str(e))
 
@@ -118,6 +117,9 @@ def register(app: typer.Typer) -> None:
         base_version: int = typer.Option(None, help="central version it was fine-tuned from (default: from its manifest)"),
     ) -> None:
         """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox)."""
+        # torch is imported only when a bundle is really read: enroll/sync stay fast.
+        from edge_agent.bundle import load_bundle
+
         home = AgentHome()
         load_bundle(file)  # refuse a broken file here, not after it sat in the outbox
         entry = Outbox(home.outbox).add(file, base_version)
@@ -165,14 +167,12 @@ def register(app: typer.Typer) -> None:
     @_errors
     def pull_kit(
         format: str = typer.Option("tflite-int8", "--format", help="onnx-int8, tflite-int8, onnx-fp32, ..."),
-        version: int = typer.Option(None, help="central version (default: the model version pulled last)"),
+        version: int = typer.Option(None, help="central version (default: the current one)"),
         wait: float = typer.Option(120.0, help="seconds to wait for a kit the central is still building"),
     ) -> None:
         """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure."""
         home = AgentHome()
         with _client(home) as c:
-            if version is None and not home.state().model_version:
-                pull_model(c, home)
             k = install_kit(c, home, format, version=version, wait_s=wait)
         if k.updated:
             typer.echo(f"installed {format} kit v{k.version} -> {home.kits / format / 'current'} (smoke: {k.smoke})")

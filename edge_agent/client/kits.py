@@ -106,8 +106,14 @@ def install_kit(
     """
     enr = home.enrollment()
     state = home.state()
+    model_id = ""
     if version is None:
-        version = state.model_version or client.get_json("/v1/versions/current")["version"]
+        # The current version's signed statement, checked against the rollback floor, names the version.
+        cur = verify_release(client.get_json("/v1/versions/current"), enr.public_key, "model",
+                             min_version=state.model_version)
+        version, model_id = cur.version, cur.sha256
+    elif state.model_version == version:
+        model_id = state.model_bundle_id
     deadline = time.monotonic() + wait_s
     while True:
         rec = client.get_json(f"/v1/kits/{int(version)}/{fmt}")
@@ -142,7 +148,6 @@ def install_kit(
     _point(cur, target.name)
     try:
         report = smoke(cur, fmt)
-        model_id = state.model_bundle_id if state.model_version == st.version else ""
         if model_id and report.get("source_bundle_id") and report["source_bundle_id"] != model_id:
             raise KitRejected("the kit was not built from the model version it claims")
     except Exception as e:  # noqa: BLE001 - whatever breaks, the device must keep a working kit

@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.bundle import write_atomic
 from edge_agent.client.http import CentralClient, CentralError
-from edge_agent.client.state import write_json_atomic
+from edge_agent.client.state import write_bytes_atomic, write_json_atomic
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Outbox:
         path = self.folder / f"{time.time_ns():020d}-{bid}.safetensors"
         # Sidecar first: an entry counts only once its bundle file exists.
         write_json_atomic(path.with_suffix(".json"), {"bundle_id": bid, "base_version": base_version})
-        write_atomic(path, data)
+        write_bytes_atomic(path, data)
         return OutboxEntry(path, bid, base_version)
 
     def pending(self) -> list[OutboxEntry]:

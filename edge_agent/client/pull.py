@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.bundle import BundleError, load_bundle
 from edge_agent.client.http import CentralClient
 from edge_agent.client.state import AgentHome
 from edge_agent.client.trust import MODEL_FORMAT, TrustError, verify_release
@@ -36,6 +35,9 @@ def pull_model(client: CentralClient, home: AgentHome, release: dict | None = No
     if st.version == state.model_version and state.model_bundle_id and state.model_bundle_id != st.sha256:
         raise TrustError(f"central v{st.version} is signed with different bytes than the v{st.version} we already have")
     client.download(st.sha256, dest, st.sha256)
+    # torch is imported only once there is a bundle to check.
+    from edge_agent.bundle import BundleError, load_bundle
+
     try:
         load_bundle(dest)
     except BundleError as e:

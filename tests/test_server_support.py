@@ -1,0 +1,147 @@
+"""Helpers for the server and client tests: a real server process on 127.0.0.1, CLI runners, a kit builder hook.
+
+Not a test module (no tests inside); named ``test_server_*`` because those are the test files this part owns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_with(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
+    env.pop("CENTRAL_ADMIN_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+class ServerProc:
+    """``python -m central.server serve`` as a child process; restartable on the same port and data dir."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, args: list[str] | None = None):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+        self.log = self.data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServerProc:
+        cmd = [sys.executable, "-m", "central.server", "serve", "--data-dir", str(self.data_dir),
+               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", *self.args]
+        self.proc = subprocess.Popen(cmd, env=env_with(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not become healthy in time")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=60)
+
+
+def run_cli(module: str, *args: str, home: Path | None = None, server: ServerProc | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` (the real CLI) and return the finished process."""
+    extra = {}
+    if home is not None:
+        extra["EDGE_AGENT_HOME"] = str(home)
+    if server is not None:
+        extra["CENTRAL_SERVER"] = server.url
+        extra["CENTRAL_ADMIN_TOKEN"] = server.admin_token
+    env = env_with(**extra)
+    if server is None:
+        env.pop("CENTRAL_ADMIN_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def agent(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_cli("edge_agent.client", *args, home=home)
+
+
+def central(server: ServerProc, *args: str) -> subprocess.CompletedProcess:
+    return run_cli("central.server", *args, server=server)
+
+
+def enrol(server: ServerProc, home: Path, name: str) -> None:
+    r = central(server, "devices", "add", name, "--json")
+    assert r.returncode == 0, r.stderr
+    token = json.loads(r.stdout)["token"]
+    r = agent(home, "enroll", "--server", server.url, "--token", token)
+    assert r.returncode == 0, r.stderr
+
+
+def make_central(path: Path, width: int = 4, extra: dict | None = None, seed: int = 0) -> str:
+    """A tiny random cnn-s central bundle over the 10 digits (8x8 grey); returns its id."""
+    from central.create import init_central
+
+    if extra is None:
+        return init_central("cnn-s", [str(i) for i in range(10)], path, input_shape=(1, 8, 8), seed=seed, width=width)
+    from edge_agent.bundle import load_bundle, new_manifest, save_bundle
+
+    init_central("cnn-s", [str(i) for i in range(10)], path, input_shape=(1, 8, 8), seed=seed, width=width)
+    b = load_bundle(path)
+    m = new_manifest(b.model, b.labels, b.input_spec, method="init", extra={**b.manifest.extra, **extra})
+    return save_bundle(b.model, m, path)
+
+
+def kit_builder(bundle_path: Path, fmt: str, out_dir: Path) -> None:
+    """The real exporter, unless the bundle's manifest asks (tests only) for a failing or a broken kit."""
+    from central.server.kits import export_kit
+    from edge_agent.bundle import read_manifest
+
+    hint = read_manifest(Path(bundle_path).read_bytes()).extra.get("test_kit")
+    if hint == "fail":
+        raise RuntimeError("export unavailable (test)")
+    export_kit(bundle_path, fmt, out_dir)
+    if hint == "break":
+        # Checksums stay right (manifest.json is not in its own file list), the smoke inference fails:
+        # the model gives 10 logits but the kit claims 11 labels.
+        mpath = Path(out_dir) / "manifest.json"
+        m = json.loads(mpath.read_text())
+        m["labels"] = list(m["labels"]) + ["extra"]
+        mpath.write_text(json.dumps(m))
