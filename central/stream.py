@@ -17,8 +17,8 @@ import torch
 
 from central.consolidate import consolidate_step
 from central.evaluate import evaluate_model
-from central.metrics import summarize
 from central.methods import ConsolidationConfig
+from central.metrics import summarize
 from edge_agent.bundle import Bundle, load_bundle
 from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource
@@ -97,7 +97,7 @@ def heatmap(results: dict[str, dict], names: list[str], path: Path, title: str) 
 
     methods = list(results)
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], methods):
+    for ax, m in zip(axes[0], methods, strict=True):
         R = np.array(results[m]["matrix"])
         ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
         for (i, j), v in np.ndenumerate(R):

@@ -67,7 +67,7 @@ class Manifest:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
@@ -215,6 +215,11 @@ def read_manifest(data: bytes) -> Manifest:
         raise BundleError("corrupt bundle: the safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise BundleError("corrupt bundle: the safetensors header is not a JSON object")
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    if ends and max(ends) != len(data) - 8 - n:
+        raise BundleError(
+            f"corrupt or truncated bundle: tensors need {max(ends)} bytes of data, file has {len(data) - 8 - n}"
+        )
     meta = header.get("__metadata__") or {}
     if "manifest" not in meta:
         raise BundleError("not a model bundle: the safetensors file has no manifest in its metadata")

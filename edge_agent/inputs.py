@@ -59,7 +59,7 @@ class InputSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
+    def from_dict(cls, d: dict) -> InputSpec:
         try:
             return cls(
                 kind=d["kind"],

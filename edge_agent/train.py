@@ -157,7 +157,13 @@ def _save_checkpoint(path: Path, fp: str, epoch: int, model, opt, sched, g: torc
             tensors[f"opt.{pid}.{k}"] = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.gen"] = g.get_state()
-    meta = {"fingerprint": fp, "epoch": str(epoch), "sched": json.dumps(sched.state_dict())}
+    # param_groups carry the current (cosine-decayed) learning rate the scheduler builds on.
+    meta = {
+        "fingerprint": fp,
+        "epoch": str(epoch),
+        "sched": json.dumps(sched.state_dict()),
+        "param_groups": json.dumps(state["param_groups"]),
+    }
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -182,6 +188,7 @@ def _load_checkpoint(path: Path, fp: str, model, opt, sched, g: torch.Generator)
         if key.startswith("opt."):
             _, pid, name = key.split(".", 2)
             state["state"].setdefault(int(pid), {})[name] = v
+    state["param_groups"] = json.loads(meta["param_groups"])
     opt.load_state_dict(state)
     sched.load_state_dict(json.loads(meta["sched"]))
     torch.set_rng_state(tensors["rng.torch"])

@@ -99,7 +99,7 @@ class ImageOOD:
         self.paths = paths
 
     @classmethod
-    def from_path(cls, path: str | Path, spec: InputSpec, augment: ImageAugment | None = None) -> "ImageOOD":
+    def from_path(cls, path: str | Path, spec: InputSpec, augment: ImageAugment | None = None) -> ImageOOD:
         path = Path(path)
         if path.is_dir():
             files = image_files(path) or sorted(f for d in path.iterdir() if d.is_dir() for f in image_files(d))

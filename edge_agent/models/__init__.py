@@ -11,6 +11,9 @@ special-cases an architecture:
 The classifier is always ``model.head`` (an ``nn.Linear``).
 """
 
+# Importing the modules fills the registry.
+from edge_agent.models import cnn as _cnn  # noqa: F401,E402
+from edge_agent.models import dscnn as _dscnn  # noqa: F401,E402
 from edge_agent.models.registry import (
     EdgeModel,
     UnknownArchitectureError,
@@ -18,10 +21,6 @@ from edge_agent.models.registry import (
     list_models,
     register_model,
 )
-
-# Importing the modules fills the registry.
-from edge_agent.models import cnn as _cnn  # noqa: F401,E402
-from edge_agent.models import dscnn as _dscnn  # noqa: F401,E402
 
 __all__ = [
     "EdgeModel",

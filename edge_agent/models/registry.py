@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-_REGISTRY: dict[str, Callable[..., "EdgeModel"]] = {}
+_REGISTRY: dict[str, Callable[..., EdgeModel]] = {}
 
 
 class UnknownArchitectureError(ValueError):

@@ -1,0 +1,63 @@
+"""One full round through the command line, as a user types it (subprocesses, real files)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import cli
+
+
+def run(*args: str, cwd=None, check=True) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}): {p.stderr[-2000:]}")
+    return p
+
+
+def test_round_dac_keeps_old_classes_better_than_naive(tmp_path):
+    ea, central = cli("edge-agent"), cli("central")
+    run(ea, "data", "digits", "--out", "sd", cwd=tmp_path)
+    run(central, "init", "--arch", "cnn-s", "--labels", "sd/labels.txt", "--input-shape", "1x16x16", "--out", "c0.safetensors", cwd=tmp_path)
+    for dev in ("dev1", "dev2"):
+        run(ea, "train", "--model", "c0.safetensors", "--data", f"sd/{dev}", "--out", f"{dev}.safetensors", "--epochs", "6", "--seed", "1", cwd=tmp_path)
+    common = ["--base", "c0.safetensors", "--incoming", "dev1.safetensors", "--incoming", "dev2.safetensors", "--steps", "100", "--batch-size", "64"]
+    run(central, "consolidate", *common, "--out", "dac.safetensors", cwd=tmp_path)
+    run(central, "consolidate", *common, "--method", "naive", "--out", "naive.safetensors", cwd=tmp_path)
+
+    reports = {}
+    for m in ("dac", "naive"):
+        p = run(central, "evaluate", "--model", f"{m}.safetensors", "--data", "sd/test", "--json", cwd=tmp_path)
+        reports[m] = json.loads(p.stdout)
+    dac, naive = reports["dac"], reports["naive"]
+    assert 0 <= dac["accuracy"] <= 1 and dac["n"] == naive["n"] > 300
+    assert set(dac["per_class"]) == {str(i) for i in range(10)}
+    old_dac = dac["per_experience"]["dev1"]["accuracy"]
+    old_naive = naive["per_experience"]["dev1"]["accuracy"]
+    # The naive central has replaced dev1's knowledge by dev2's; DAC keeps it.
+    assert old_dac > old_naive + 0.3, (old_dac, old_naive)
+    assert dac["per_experience"]["dev2"]["task_aware_accuracy"] > 0.6
+
+    from edge_agent.bundle import load_bundle
+
+    b = load_bundle(tmp_path / "dac.safetensors")
+    assert b.manifest.method == "dac" and b.manifest.trained_classes == ["0", "1", "2", "3"]
+    assert b.manifest.parents == [load_bundle(tmp_path / f).id for f in ("c0.safetensors", "dev1.safetensors", "dev2.safetensors")]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    central, ea = cli("central"), cli("edge-agent")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    p = run(central, "init", "--labels", "labels.txt", "--input-shape", "1x16", "--out", "c.safetensors", cwd=tmp_path, check=False)
+    assert p.returncode != 0 and p.stderr.strip().count("\n") == 0 and "CxHxW" in p.stderr
+    run(central, "init", "--labels", "labels.txt", "--out", "c.safetensors", cwd=tmp_path)
+    (tmp_path / "broken.safetensors").write_bytes((tmp_path / "c.safetensors").read_bytes()[:300])
+    p = run(central, "evaluate", "--model", "broken.safetensors", "--data", ".", cwd=tmp_path, check=False)
+    assert p.returncode == 1 and "truncated" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "a" / "x.png").write_bytes(b"not a png")
+    p = run(ea, "train", "--model", "c.safetensors", "--data", "d", "--out", "o.safetensors", cwd=tmp_path, check=False)
+    assert p.returncode == 1 and "cannot read image" in p.stderr and "x.png" in p.stderr
+    p = run(central, "consolidate", "--base", "c.safetensors", "--incoming", "c.safetensors", "--out", "o.safetensors", "--method", "magic", cwd=tmp_path, check=False)
+    assert p.returncode == 1 and "unknown consolidation method" in p.stderr
+    assert not (tmp_path / "o.safetensors").exists()

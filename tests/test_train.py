@@ -1,0 +1,67 @@
+"""Device training: masked logits, label checks, determinism, resume after an interruption."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from edge_agent.bundle import load_bundle
+from edge_agent.data.labeled import DataError
+from edge_agent.train import Interrupted, TrainConfig, train_bundle
+
+CFG = TrainConfig(epochs=4, seed=3)
+
+
+def test_only_own_classes_move_in_the_head(tmp_path, central0, split_digits):
+    r = train_bundle(central0, split_digits / "dev2", tmp_path / "d.safetensors", CFG, progress=False)
+    before, after = load_bundle(central0).model, load_bundle(r["out"]).model
+    own = [2, 3]
+    others = [i for i in range(10) if i not in own]
+    assert torch.equal(before.head.weight[others], after.head.weight[others])
+    assert torch.equal(before.head.bias[others], after.head.bias[others])
+    assert not torch.equal(before.head.weight[own], after.head.weight[own])
+    b = load_bundle(r["out"])
+    assert b.manifest.trained_classes == ["2", "3"]
+    assert b.manifest.parents == [load_bundle(central0).id]
+    assert r["metrics"]["val_accuracy"] > 0.9
+
+
+def test_refuses_labels_the_model_does_not_know(tmp_path, central0, split_digits):
+    data = tmp_path / "data"
+    shutil.copytree(split_digits / "dev1" / "0", data / "0")
+    shutil.copytree(split_digits / "dev1" / "1", data / "cat")
+    with pytest.raises(DataError, match="not in the model's label list: cat"):
+        train_bundle(central0, data, tmp_path / "d.safetensors", CFG, progress=False)
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_same_seed_same_bundle(tmp_path, central0, split_digits):
+    a = train_bundle(central0, split_digits / "dev1", tmp_path / "a.safetensors", CFG, progress=False)
+    b = train_bundle(central0, split_digits / "dev1", tmp_path / "b.safetensors", CFG, progress=False)
+    wa, wb = load_bundle(a["out"]).model.state_dict(), load_bundle(b["out"]).model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train_bundle(central0, split_digits / "dev1", tmp_path / "c.safetensors", TrainConfig(epochs=4, seed=4), progress=False)
+    wc = load_bundle(c["out"]).model.state_dict()
+    assert not torch.equal(wa["head.weight"], wc["head.weight"])
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, central0, split_digits):
+    full = train_bundle(central0, split_digits / "dev3", tmp_path / "full.safetensors", CFG, progress=False)
+    out = tmp_path / "resumed.safetensors"
+    with pytest.raises(Interrupted):
+        train_bundle(central0, split_digits / "dev3", out, CFG, progress=False, stop_after_epoch=2)
+    assert (tmp_path / "resumed.safetensors.ckpt").exists() and not out.exists()
+    resumed = train_bundle(central0, split_digits / "dev3", out, CFG, progress=False)
+    assert not (tmp_path / "resumed.safetensors.ckpt").exists()
+    wf, wr = load_bundle(full["out"]).model.state_dict(), load_bundle(resumed["out"]).model.state_dict()
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_checkpoint_from_another_run_is_refused(tmp_path, central0, split_digits):
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(Interrupted):
+        train_bundle(central0, split_digits / "dev3", out, CFG, progress=False, stop_after_epoch=1)
+    with pytest.raises(DataError, match="belongs to another run"):
+        train_bundle(central0, split_digits / "dev4", out, CFG, progress=False)
