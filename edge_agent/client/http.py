@@ -58,6 +58,7 @@ class CentralClient:
         backoff: float = 0.25,
         max_backoff: float = 4.0,
         sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.retries = max(0, retries)
@@ -65,7 +66,7 @@ class CentralClient:
         self.max_backoff = max_backoff
         self._sleep = sleep
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()
