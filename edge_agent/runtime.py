@@ -161,7 +161,7 @@ class OnnxRunner:
             opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types per failure
+        except Exception as e:  # onnxruntime raises its own exception types per failure
             raise KitError(f"onnxruntime cannot load {path.name}: {str(e).splitlines()[0]}") from None
         self.artifact = artifact
         self.input_name = self.session.get_inputs()[0].name
@@ -294,18 +294,19 @@ def preprocess_audio(path: str | Path, spec: InputSpec) -> np.ndarray:
     features differ from training); the clip is cut or zero-padded by the frontend.
     """
     # Imported lazily: image-only devices need not ship the audio frontend.
-    from edge_agent.audio.frontend import AudioFrontend
+    from edge_agent.audio.frontend import AudioFrontend, FrontendConfigError
 
-    frontend = AudioFrontend(**spec.frontend)
+    try:
+        frontend = AudioFrontend.from_dict(spec.frontend)
+    except FrontendConfigError as e:
+        raise KitError(f"kit audio frontend is invalid: {e}") from None
     samples, rate = _read_wav(Path(path))
-    want = int(getattr(frontend, "sample_rate", rate))
-    if rate != want:
-        raise KitInputError(f"{path} is sampled at {rate} Hz, the kit expects {want} Hz")
-    feats = np.asarray(frontend(samples), dtype=np.float32)
-    feats = feats.reshape(1, *feats.shape[-2:]) if feats.ndim >= 2 else feats
-    if tuple(feats.shape[-2:]) != tuple(spec.shape[1:]):
-        raise KitInputError(f"audio features are {list(feats.shape[-2:])}, the kit expects {list(spec.shape[1:])}")
-    return feats.reshape(1, *spec.shape).astype(np.float32)
+    if rate != frontend.sample_rate:
+        raise KitInputError(f"{path} is sampled at {rate} Hz, the kit expects {frontend.sample_rate} Hz")
+    feats = np.asarray(frontend(samples), dtype=np.float32)  # [1, frames, n_mels]
+    if tuple(feats.shape) != spec.shape:
+        raise KitInputError(f"audio features are {list(feats.shape)}, the kit expects {list(spec.shape)}")
+    return feats[None]
 
 
 def load_input(path: str | Path, spec: InputSpec) -> np.ndarray:

@@ -42,7 +42,7 @@ class OnnxQuantOptions:
     """
 
     activations: str = "s8"
-    method: str = "percentile"
+    method: str = "minmax"
     percentile: float = 99.99
     per_channel: bool = True
     samples: int = 256
@@ -68,7 +68,7 @@ def export_onnx_fp32(model: nn.Module, input_spec: InputSpec, out: str | Path, o
             verbose=False,
         )
         prog.save(str(out))
-    except Exception as e:  # noqa: BLE001 -- the exporter raises many types; the user needs one line
+    except Exception as e:  # the exporter raises many types; the user needs one line
         raise OnnxExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return out
 
@@ -120,7 +120,7 @@ def quantize_onnx_int8(
             calibration_providers=["CPUExecutionProvider"],
             use_external_data_format=False,
         )
-    except Exception as e:  # noqa: BLE001 -- quantizer errors come in many types
+    except Exception as e:  # quantizer errors come in many types
         raise OnnxExportError(f"ONNX int8 quantization failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return out
 

@@ -42,7 +42,7 @@ class TfliteExportError(RuntimeError):
 class TfliteQuantOptions:
     """PT2E int8 knobs: ``observer`` is ``"histogram"`` (L2-optimal range) or ``"minmax"``; ``samples`` calibration samples."""
 
-    observer: str = "histogram"
+    observer: str = "minmax"
     per_channel: bool = True
     samples: int = 256
 
@@ -74,7 +74,7 @@ def export_tflite_fp32(model: nn.Module, input_spec: InputSpec, out: str | Path)
         with _quiet():
             edge = litert_torch.convert(_channels_last(model), (_example(input_spec),))
             edge.export(str(out))
-    except Exception as e:  # noqa: BLE001 -- the converter raises many types; the user needs one line
+    except Exception as e:  # the converter raises many types; the user needs one line
         raise TfliteExportError(f"TFLite conversion failed: {type(e).__name__}: {_first_line(e)}") from None
     return out
 
@@ -122,7 +122,7 @@ def export_tflite_int8(
             edge.export(str(out))
     except TfliteExportError:
         raise
-    except Exception as e:  # noqa: BLE001 -- the converter raises many types; the user needs one line
+    except Exception as e:  # the converter raises many types; the user needs one line
         raise TfliteExportError(f"TFLite int8 conversion failed: {type(e).__name__}: {_first_line(e)}") from None
     return out
 

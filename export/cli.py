@@ -1,0 +1,66 @@
+"""``central export``: a model bundle to an artifact kit (ONNX and/or TFLite, fp32 or int8)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    tflite = "tflite"
+    all = "all"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    int8 = "int8"
+
+
+def _fail(msg: str) -> typer.Exit:
+    typer.secho(f"error: {msg.splitlines()[0] if msg else 'export failed'}", err=True, fg="red")
+    return typer.Exit(1)
+
+
+def export_command(
+    model: Path = typer.Option(..., "--model", help="Model bundle (.safetensors) to export."),
+    format: Format = typer.Option(Format.onnx, "--format", help="onnx, tflite or all (both in one kit)."),
+    quantize: Quantize = typer.Option(Quantize.none, "--quantize", help="none (fp32) or int8 (static, calibrated)."),
+    out: Path = typer.Option(..., "--out", help="Kit folder to write (model files + manifest.json)."),
+    ood: str = typer.Option(
+        "noise", "--ood", help="int8 calibration source: an image file, a folder of images, or 'noise'."
+    ),
+    calib_samples: int = typer.Option(256, "--calib-samples", min=8, help="Calibration samples for int8."),
+) -> None:
+    """Export a bundle to an artifact kit, with a parity check of every artifact against the torch model."""
+    # Heavy imports here, not at module level: `central --help` must stay fast.
+    from edge_agent.bundle import BundleError
+    from export.calibration import noise_batches, ood_batches
+    from export.kit import KitExportError, export_bundle
+    from export.onnx_export import OnnxExportError
+    from export.parity import ParityError
+    from export.tflite_export import TfliteExportError
+
+    try:
+        calibration = None
+        if quantize is Quantize.int8:
+            from edge_agent.bundle import load_bundle
+
+            spec = load_bundle(model).input_spec
+            n = calib_samples + 128  # the extra 128 are held out for the int8 parity check
+            calibration = noise_batches(spec, n) if ood == "noise" else ood_batches(ood, spec, n)
+        result = export_bundle(model, format.value, quantize.value, out, calibration, calib_samples=calib_samples)
+    except (BundleError, KitExportError, OnnxExportError, TfliteExportError, ParityError, ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    for report in result.parity:
+        typer.echo(report.line())
+    for name, info in result.manifest["files"].items():
+        typer.echo(f"{out / name}: {info['bytes'] / 1024:.1f} KiB sha256 {info['sha256'][:12]}")
+    typer.echo(f"kit: {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``export`` command to a typer app (the central CLI)."""
+    app.command("export")(export_command)
