@@ -79,8 +79,16 @@ def consolidate(
     )
     if from_queue:
         from central.server.admin import consolidate_from_queue
+        from edge_agent.client.http import CentralError, CentralUnreachable
 
-        result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps, seed=seed)
+        try:
+            result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps, seed=seed)
+        except CentralUnreachable as e:
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(75) from None
+        except CentralError as e:
+            typer.secho(f"error: central answered {e.status}: {e}", err=True, fg="red")
+            raise typer.Exit(1) from None
         typer.echo(json.dumps(result, indent=2))
         return
     if base is None or not incoming or out is None:
@@ -136,9 +144,18 @@ def demo(
     epochs: Annotated[int, typer.Option(help="device training epochs")] = 30,
     seed: Annotated[int, typer.Option()] = 0,
     methods: Annotated[str, typer.Option(help="comma-separated methods to compare")] = "naive,dac",
+    via_server: Annotated[
+        bool, typer.Option("--via-server", help="run the loop through a real server on 127.0.0.1 with agent processes")
+    ] = False,
 ) -> None:
     """Run a whole continual-learning stream end to end on bundled data and write a report."""
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if via_server:
+        from central.demo_server import run_server_demo
+
+        r = run_server_demo(out, epochs=epochs, steps=steps, log=typer.echo)
+        typer.echo(f"server demo done in {r['wall_seconds']:.0f} s: {out / 'server-demo.json'}")
+        return
     if modality == "image":
         from central.demo import run_demo
 
