@@ -134,3 +134,10 @@ def consolidate_files(
     )
     bid = save_bundle(model, manifest, out_path)
     return {"id": bid, "out": str(out_path), "method": method, "trained_classes": classes, "steps": steps}
+
+
+if __name__ == "__main__":
+    # ``torchrun --nproc_per_node N -m central.consolidate ...``: one data-parallel rank per process.
+    from central.distributed import main
+
+    main()
