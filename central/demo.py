@@ -69,9 +69,9 @@ def run_demo(
     return report
 
 
-def markdown_summary(report: dict, names: list[str]) -> str:
+def markdown_summary(report: dict, names: list[str], title: str = "Split-Digits demo") -> str:
     lines = [
-        "# Split-Digits demo",
+        f"# {title}",
         "",
         f"OOD source: {report['ood']}; {report['consolidation']['steps']} consolidation steps; "
         f"wall time {report['wall_seconds']:.0f} s.",
