@@ -30,7 +30,10 @@ def export_command(
     quantize: Quantize = typer.Option(Quantize.none, "--quantize", help="none (fp32) or int8 (static, calibrated)."),
     out: Path = typer.Option(..., "--out", help="Kit folder to write (model files + manifest.json)."),
     ood: str = typer.Option(
-        "noise", "--ood", help="int8 calibration source: an image file, a folder of images, or 'noise'."
+        None,
+        "--ood",
+        help="int8 calibration source (the central has no real data): an image or audio file, a folder, or "
+        "'noise' [default: the bundled OOD photo / speech clip, augmented as in consolidation].",
     ),
     calib_samples: int = typer.Option(256, "--calib-samples", min=8, help="Calibration samples for int8."),
 ) -> None:

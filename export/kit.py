@@ -101,6 +101,7 @@ def write_kit(
     onnx_options=None,
     tflite_options=None,
     int8_min_top1: float = INT8_MIN_TOP1,
+    lineage: dict | None = None,
 ) -> KitResult:
     """Export ``model`` to each of ``formats`` (``onnx``, ``tflite``) at ``quantize`` (``none`` = fp32, ``int8``) into kit ``out``.
 
@@ -195,6 +196,9 @@ def write_kit(
         "files": {e["file"]: {"sha256": sha256_file(root / e["file"]), "bytes": (root / e["file"]).stat().st_size} for e in entries},
         "artifacts": entries,
     }
+    if lineage:
+        # The bundle's lineage travels with the kit: which classes it knows, its parents, how it was made.
+        manifest.update(lineage)
     if input_spec.kind == "audio":
         manifest["audio_frontend"] = dict(input_spec.frontend)
     _write_json_atomic(root / MANIFEST_NAME, manifest)
@@ -218,14 +222,27 @@ def export_bundle(
 ) -> KitResult:
     """Export a model bundle (``.safetensors``) to a kit; ``format`` is ``onnx``, ``tflite`` or ``all``.
 
-    Without ``calibration``, int8 calibrates on Gaussian noise in input space
-    (the CLI passes the central's OOD source instead).
+    Without ``calibration``, int8 calibrates on the bundled OOD source (a photo
+    or a speech clip, augmented as in consolidation): the central has no real data.
     """
     from edge_agent.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
     spec = bundle.input_spec
     if quantize == "int8" and calibration is None:
-        calibration = noise_batches(spec, calib_samples + 128)
+        from export.calibration import ood_batches
+
+        calibration = ood_batches(None, spec, calib_samples + 128)
     formats = FORMATS if format == "all" else (format,)
-    return write_kit(bundle.model, spec, bundle.labels, bundle.id, out, formats, quantize, calibration, calib_samples=calib_samples)
+    m = bundle.manifest
+    lineage = {
+        "trained_classes": list(m.trained_classes),
+        "parents": list(m.parents),
+        "method": m.method,
+        "version": m.extra.get("version"),
+        "bundle_created_at": m.created_at,
+    }
+    return write_kit(
+        bundle.model, spec, bundle.labels, bundle.id, out, formats, quantize, calibration,
+        calib_samples=calib_samples, lineage=lineage,
+    )
