@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The stream report (DAC vs naive, in one process), then the same loop through a real server on
+# 127.0.0.1 with each device's agent as its own process.
 demo: $(STAMP)
 	$(BIN)/central demo --out demo-out
+	$(BIN)/central demo --via-server --out demo-out/server-loop
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
