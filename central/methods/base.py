@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -27,6 +28,7 @@ class ConsolidationConfig:
     seed: int = 0
     logit_loss: str = "mse"  # "mse" on raw logits, or "kl" with temperature
     temperature: float = 4.0
+    target_norm: str = "none"  # "none" or "centre": per-teacher centring of logits before averaging
     pld_weight: float = 1.0
     projector: str = "linear"  # "linear" or "mlp"
     bn_mode: str = "train"  # "train": batch stats + update; "frozen": eval-mode BN; "reestimate": train, then re-estimate

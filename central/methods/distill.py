@@ -19,10 +19,22 @@ from torch import nn
 from central.methods.base import ConsolidationConfig, Teacher, register_method
 
 
-def logit_targets(teachers: list[Teacher], logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean of the logits of the teachers that know the class; returns (targets, known mask)."""
+def logit_targets(
+    teachers: list[Teacher], logits: list[torch.Tensor], norm: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean of the logits of the teachers that know the class; returns (targets, known mask).
+
+    ``norm="centre"`` first subtracts, per sample, each teacher's mean logit over the
+    classes it knows: a masked-CE device only ever learned logit *differences*, so its
+    mean level is arbitrary and must not decide which task wins the argmax.
+    """
     known = torch.stack([t.known for t in teachers]).float()  # [K, C]
     stacked = torch.stack(logits)  # [K, B, C]
+    if norm == "centre":
+        mean = (stacked * known[:, None, :]).sum(-1, keepdim=True) / known.sum(-1).clamp(min=1)[:, None, None]
+        stacked = stacked - mean
+    elif norm != "none":
+        raise ValueError(f"unknown target normalisation {norm!r} (none or centre)")
     count = known.sum(0)
     target = (stacked * known[:, None, :]).sum(0) / count.clamp(min=1)
     return target, count > 0
@@ -71,7 +83,7 @@ class Distill:
             with torch.no_grad():
                 outs = [t.model.latent_and_logits(x) for t in teachers]
             z_s, l_s = student.latent_and_logits(x)
-            target, mask = logit_targets(teachers, [o[1] for o in outs])
+            target, mask = logit_targets(teachers, [o[1] for o in outs], cfg.target_norm)
             kd = logit_loss(l_s, target, mask, cfg)
             lat = self.latent_loss(z_s, [o[0] for o in outs], projectors)
             loss = kd + cfg.pld_weight * lat if self.uses_pld else kd
@@ -104,7 +116,7 @@ class DAC(Distill):
         return nn.ModuleList(make_projector(student.latent_dim, t.model.latent_dim, cfg.projector) for t in teachers)
 
     def latent_loss(self, z_s, z_teachers, projectors):
-        return sum(F.mse_loss(p(z_s), z) for p, z in zip(projectors, z_teachers))
+        return sum(F.mse_loss(p(z_s), z) for p, z in zip(projectors, z_teachers, strict=True))
 
 
 @torch.no_grad()

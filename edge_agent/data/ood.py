@@ -64,6 +64,9 @@ class ImageAugment:
     gray_p: float = 0.2
     invert_p: float = 0.0
     cutmix_p: float = 1.0
+    lowres_p: float = 0.0  # probability of a 2x down-and-up resample (blur, like upsampled 8x8 digits)
+    autocontrast_p: float = 0.0  # probability of stretching a sample's pixel range to [0, 1]
+    edges_p: float = 0.0  # probability of replacing a sample by its gradient magnitude (bright strokes on dark)
 
 
 def _read_rgb(path: Path, max_side: int) -> torch.Tensor:
@@ -155,6 +158,16 @@ class ImageOOD:
         x = x.clamp(0, 1)
         if c == 1:
             x = _luma(x)
+        if a.edges_p > 0:
+            x = torch.where((torch.rand(n, generator=g) < a.edges_p).view(n, 1, 1, 1), _edges(x), x)
+        if a.lowres_p > 0:
+            low = F.interpolate(F.avg_pool2d(x, 2), size=(h, w), mode="bilinear", align_corners=False)
+            x = torch.where((torch.rand(n, generator=g) < a.lowres_p).view(n, 1, 1, 1), low, x)
+        if a.autocontrast_p > 0:
+            lo = x.amin(dim=(1, 2, 3), keepdim=True)
+            hi = x.amax(dim=(1, 2, 3), keepdim=True)
+            stretched = (x - lo) / (hi - lo).clamp(min=1e-3)
+            x = torch.where((torch.rand(n, generator=g) < a.autocontrast_p).view(n, 1, 1, 1), stretched, x)
         if a.invert_p > 0:
             inv = (torch.rand(n, generator=g) < a.invert_p).view(n, 1, 1, 1)
             x = torch.where(inv, 1 - x, x)
@@ -175,6 +188,17 @@ class ImageOOD:
             to_gray = (torch.rand(n, generator=g) < self.augment.gray_p).view(n, 1, 1, 1)
             x = torch.where(to_gray, _luma(x).expand_as(x), x)
         return x
+
+
+def _edges(x: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude per channel, scaled so each sample's maximum is 1."""
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype)
+    c = x.shape[1]
+    kx = k.view(1, 1, 3, 3).expand(c, 1, 3, 3)
+    ky = k.t().reshape(1, 1, 3, 3).expand(c, 1, 3, 3)
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    mag = torch.sqrt(F.conv2d(xp, kx, groups=c) ** 2 + F.conv2d(xp, ky, groups=c) ** 2)
+    return mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-3)
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
