@@ -239,10 +239,7 @@ class DataParallelDistill:
         with torch.no_grad():
             outs = [t.model.latent_and_logits(x) for t in s.teachers]
         z_s, l_s = s.module(x)
-        logits = [o[1] for o in outs]
-        # target_norm is new in ConsolidationConfig (quality work in progress): absent means "none".
-        norm = getattr(cfg, "target_norm", "none")
-        target, mask = logit_targets(s.teachers, logits, norm) if norm != "none" else logit_targets(s.teachers, logits)
+        target, mask = logit_targets(s.teachers, [o[1] for o in outs], cfg.target_norm)
         kd = logit_loss(l_s, target, mask, cfg)
         lat = self.method.latent_loss(z_s, [o[0] for o in outs], s.projectors)
         loss = kd + cfg.pld_weight * lat if self.method.uses_pld else kd

@@ -52,14 +52,14 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("method", ["kd", "dac"])
-def test_one_process_loop_is_the_method_bit_for_bit(devices, method):
+@pytest.mark.parametrize(("method", "target_norm"), [("kd", "none"), ("dac", "centre")])
+def test_one_process_loop_is_the_method_bit_for_bit(devices, method, target_norm):
     # The distributed loop mirrors Distill.__call__; any drift in the method's loop shows up here.
     d1, d2 = (load_bundle(p) for p in devices)
     prev = Teacher(d1.model, known_mask(d1.labels, d1.manifest.trained_classes))
     inc = Teacher(d2.model, known_mask(d2.labels, d2.manifest.trained_classes))
     ood = open_ood(None, d1.input_spec)
-    cfg = ConsolidationConfig(steps=8, batch_size=8, seed=3, bn_mode="reestimate")
+    cfg = ConsolidationConfig(steps=8, batch_size=8, seed=3, bn_mode="reestimate", target_norm=target_norm)
     torch.manual_seed(7)
     a = get_method(method)(prev, inc, ood, cfg)
     torch.manual_seed(7)
