@@ -63,6 +63,10 @@ def consolidate(
     pld_weight: Annotated[float, typer.Option(help="weight of the projected latent loss (dac)")] = 1.0,
     logit_loss: Annotated[str, typer.Option(help="mse on raw logits, or kl with --temperature")] = "mse",
     seed: Annotated[int, typer.Option()] = 0,
+    nproc: Annotated[
+        int, typer.Option(help="data-parallel processes (torch.distributed; gloo on CPU, NCCL on GPUs); --batch-size is the global batch")
+    ] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted multi-process job from OUT.ckpt")] = False,
     from_queue: Annotated[bool, typer.Option("--from-queue", help="consolidate the server's upload queue and publish")] = False,
     server: Annotated[Optional[str], typer.Option(envvar="CENTRAL_SERVER", help="with --from-queue: central URL")] = None,
     admin_token: Annotated[Optional[str], typer.Option(envvar="CENTRAL_ADMIN_TOKEN", help="with --from-queue")] = None,
@@ -93,9 +97,14 @@ def consolidate(
         return
     if base is None or not incoming or out is None:
         raise ValueError("give --base, at least one --incoming and --out (or --from-queue)")
-    from central.consolidate import consolidate_files
+    if nproc > 1 or resume:
+        from central.distributed import consolidate_distributed
 
-    r = consolidate_files(base, list(incoming), out, ood=ood, method=method, cfg=cfg)
+        r = consolidate_distributed(base, list(incoming), out, ood=ood, method=method, cfg=cfg, nproc=nproc, resume=resume)
+    else:
+        from central.consolidate import consolidate_files
+
+        r = consolidate_files(base, list(incoming), out, ood=ood, method=method, cfg=cfg)
     typer.echo(f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes) id {r['id']}")
 
 
