@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from central.create import init_central
-from central.evaluate import evaluate_model
 from central.methods import ConsolidationConfig
 from central.metrics import summarize
 from central.stream import Stream, heatmap, train_devices, write_json
@@ -81,41 +80,54 @@ def load_stream(name: str, work: Path, seed: int, split: str = "test") -> Stream
 
 
 def _kws_stream(name: str, work: Path, seed: int, split: str) -> StreamSetup:
-    from edge_agent.data.kws_streams import write_kws_stream
-    from edge_agent.data.speech import load_speech_commands
-    from edge_agent.data.speech_synth import write_synthetic_speech
-
-    root = work / "speech"
-    if not (root / "testing_list.txt").exists():
-        write_synthetic_speech(root)
-    kind = name.split("-", 1)[1]
-    folders = write_kws_stream(root, work / name, kind=kind)
-    meta = json.loads((work / name / "stream.json").read_text())
-    labels = meta["labels"]
-    base_path = work / f"{name}-central-0-seed{seed}.safetensors"
-    init_central("ds-cnn", labels, base_path, seed=seed)
-    base = load_bundle(base_path)
-    exps = [
-        {"name": f.name, "classes": e["classes"], "path": f} for f, e in zip(folders, meta["experiences"], strict=True)
-    ]
-    frontend_spec = base.input_spec
+    # The audio streams are built exactly as the audio demo builds them (one source of truth).
+    from central.demo_audio import kws_stream, synthetic_speech
     from edge_agent.audio.frontend import AudioFrontend
+    from edge_agent.data.speech_synth import CORE_WORDS
 
-    test = load_speech_commands(work / name / "test", AudioFrontend.from_dict(frontend_spec.frontend), split=split)
-    stream = Stream(work / name, labels, exps, test)
+    if split != "test":
+        raise ValueError("kws streams report on their test lists only")
+    data = synthetic_speech(work / "speech", seed=0, log=lambda *a: None)
+    base_path = work / f"{name}-central-0-seed{seed}.safetensors"
+    init_central("ds-cnn", list(CORE_WORDS), base_path, seed=seed)
+    base = load_bundle(base_path)
+    stream = kws_stream(data, work / name, name.split("-", 1)[1], AudioFrontend.from_dict(base.input_spec.frontend))
     return StreamSetup(name, stream, "ds-cnn", base, base_path, TrainConfig(epochs=20, seed=seed), None)
+
+
+def experience_test(setup: StreamSetup, j: int) -> LabeledSet:
+    """Test samples of experience j: its own test set (domain streams) or the test samples of its classes."""
+    if setup.stream.test_by_exp:
+        return setup.stream.test_by_exp[j]
+    return _subset(setup.stream.test, setup.stream.experiences[j]["classes"])
+
+
+def _mask(labels: list[str], classes: list[str]) -> torch.Tensor:
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    mask[[labels.index(c) for c in classes]] = True
+    return mask
+
+
+def evaluate_row(setup: StreamSetup, model: torch.nn.Module, known: list[str]) -> tuple[list[float], list[float]]:
+    """Class-incremental (argmax over ``known``) and task-aware accuracy of ``model`` on every experience."""
+    labels = setup.base.labels
+    ci, ta = [], []
+    for j, e in enumerate(setup.stream.experiences):
+        data = experience_test(setup, j)
+        y = data.targets(labels)
+        ci.append(masked_accuracy(model, data.x, y, _mask(labels, known)))
+        ta.append(masked_accuracy(model, data.x, y, _mask(labels, e["classes"])))
+    return ci, ta
 
 
 def ensemble_oracle(setup: StreamSetup, devices: list[Bundle]) -> dict:
     """Keep every device model; route each test sample to its own device by true task id."""
-    labels, test = setup.base.labels, setup.stream.test
+    labels, exps = setup.base.labels, setup.stream.experiences
     T = len(devices)
     acc = []
-    for e, d in zip(setup.stream.experiences, devices, strict=True):
-        sub = _subset(test, e["classes"])
-        mask = torch.zeros(len(labels), dtype=torch.bool)
-        mask[[labels.index(c) for c in e["classes"]]] = True
-        acc.append(masked_accuracy(d.model, sub.x, sub.targets(labels), mask))
+    for j, (e, d) in enumerate(zip(exps, devices, strict=True)):
+        data = experience_test(setup, j)
+        acc.append(masked_accuracy(d.model, data.x, data.targets(labels), _mask(labels, e["classes"])))
     R = np.array([[acc[j] if j <= t else 0.0 for j in range(T)] for t in range(T)])
     out = summarize(R)
     out["task_aware"] = summarize(R)
@@ -123,25 +135,20 @@ def ensemble_oracle(setup: StreamSetup, devices: list[Bundle]) -> dict:
     return out
 
 
-def joint_training(setup: StreamSetup, epochs_scale: float = 1.0) -> dict:
-    """After each experience, train from central-0 on all data seen so far (all classes in the loss)."""
-    labels, exps = setup.base.labels, setup.stream.experiences
+def joint_training(setup: StreamSetup) -> dict:
+    """After each experience, train from central-0 on all data seen so far (every seen class in the loss)."""
+    exps = setup.stream.experiences
     T = len(exps)
     R, R_task = np.zeros((T, T)), np.zeros((T, T))
     cpu = []
     data = [load_local_data(e["path"], setup.base) for e in exps]
     for t in range(T):
         seen = LabeledSet(torch.cat([d.x for d in data[: t + 1]]), sum((d.labels for d in data[: t + 1]), []))
-        bundle = load_bundle(setup.base_path)
         t0 = time.process_time()
-        cfg = TrainConfig(**{**asdict(setup.train), "epochs": max(1, round(setup.train.epochs * epochs_scale))})
-        model, _ = fine_tune(bundle, seen, cfg, progress=False)
+        model, _ = fine_tune(load_bundle(setup.base_path), seen, setup.train, progress=False)
         cpu.append(time.process_time() - t0)
-        rep = evaluate_model(model, labels, setup.stream.test, known=seen.classes, experiences=exps)
-        for j, e in enumerate(exps):
-            pe = rep["per_experience"].get(e["name"], {})
-            R[t, j] = pe.get("accuracy", 0.0) if j <= t else 0.0
-            R_task[t, j] = pe.get("task_aware_accuracy", 0.0) if j <= t else 0.0
+        ci, ta = evaluate_row(setup, model, seen.classes)
+        R[t, : t + 1], R_task[t, : t + 1] = ci[: t + 1], ta[: t + 1]
     out = summarize(R)
     out["task_aware"] = summarize(R_task)
     out["cpu_seconds_per_consolidation"] = cpu
@@ -155,15 +162,12 @@ def forward_transfer(setup: StreamSetup, models: list[torch.nn.Module], epochs: 
     for t in range(1, len(setup.stream.experiences)):
         e = setup.stream.experiences[t]
         data = load_local_data(e["path"], setup.base)
-        sub = _subset(setup.stream.test, e["classes"])
-        mask = torch.zeros(len(labels), dtype=torch.bool)
-        mask[[labels.index(c) for c in e["classes"]]] = True
+        test = experience_test(setup, t)
         cfg = TrainConfig(**{**asdict(setup.train), "epochs": epochs})
         accs = {}
         for start, model in (("central-0", setup.base.model), ("consolidated", models[t - 1])):
-            bundle = _as_bundle(setup, model)
-            tuned, _ = fine_tune(bundle, data, cfg, progress=False)
-            accs[start] = masked_accuracy(tuned, sub.x, sub.targets(labels), mask)
+            tuned, _ = fine_tune(_as_bundle(setup, model), data, cfg, progress=False)
+            accs[start] = masked_accuracy(tuned, test.x, test.targets(labels), _mask(labels, e["classes"]))
         rows.append({"experience": e["name"], **accs, "gain": accs["consolidated"] - accs["central-0"]})
     return rows
 
@@ -190,7 +194,6 @@ def consolidate_stream(
     """``central.stream.run_method`` plus the model after every experience (for forward transfer)."""
     from central.consolidate import consolidate_step
 
-    labels, exps = setup.base.labels, setup.stream.experiences
     T = len(devices)
     R, R_task = np.zeros((T, T)), np.zeros((T, T))
     model, classes = setup.base.model, list(setup.base.manifest.trained_classes)
@@ -200,16 +203,46 @@ def consolidate_stream(
         model, classes, timing = consolidate_step(model, classes, dev, ood, method, step_cfg, progress=False)
         models.append(model)
         cpu.append(timing["cpu_seconds"])
-        rep = evaluate_model(model, labels, setup.stream.test, known=classes, experiences=exps)
-        for j, e in enumerate(exps):
-            pe = rep["per_experience"].get(e["name"], {})
-            R[t, j] = pe.get("accuracy", 0.0)
-            R_task[t, j] = pe.get("task_aware_accuracy", 0.0)
+        R[t], R_task[t] = evaluate_row(setup, model, classes)
     log(f"  {method:>8}: final avg acc {R[-1].mean():.3f} ({sum(cpu):.0f} s CPU)")
     out = summarize(R)
     out["task_aware"] = summarize(R_task)
     out["cpu_seconds_per_consolidation"] = cpu
     return out, models
+
+
+class TimedOOD:
+    """Wraps an OOD source and adds up the CPU time spent making batches."""
+
+    def __init__(self, source: OODSource):
+        self.source, self.spec, self.seconds = source, source.spec, 0.0
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        t0 = time.process_time()
+        x = self.source.sample(n, generator)
+        self.seconds += time.process_time() - t0
+        return x
+
+
+def profile_consolidation(devices: list[Bundle], ood: OODSource, cfg: ConsolidationConfig, steps: int = 100) -> dict:
+    """Share of one DAC consolidation's CPU time spent making OOD batches versus in the models."""
+    from central.consolidate import consolidate_step
+
+    first, _, _ = consolidate_step(devices[0].model, [], devices[0], ood, "dac", cfg, progress=False)
+    timed = TimedOOD(ood)
+    classes = list(devices[0].manifest.trained_classes)
+    _, _, timing = consolidate_step(
+        first, classes, devices[1], timed, "dac", ConsolidationConfig(**{**asdict(cfg), "steps": steps}), False
+    )
+    total = timing["cpu_seconds"]
+    return {
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "cpu_seconds": total,
+        "augmentation_seconds": timed.seconds,
+        "augmentation_share": timed.seconds / total,
+        "model_and_optimizer_share": 1 - timed.seconds / total,
+    }
 
 
 def run_seed(
@@ -225,6 +258,7 @@ def run_seed(
         if ft_epochs > 0 and m in ("naive", "dac"):
             r["forward_transfer"] = forward_transfer(setup, models, ft_epochs)
         out[m] = r
+    out["profile"] = profile_consolidation(devices, ood, cfg)
     out["ensemble"] = ensemble_oracle(setup, devices)
     out["joint"] = joint_training(setup)
     out["joint"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -236,6 +270,8 @@ def aggregate(per_seed: list[dict]) -> dict:
     """Mean and standard deviation over seeds of each method's figures."""
     out = {}
     for m in per_seed[0]:
+        if m == "profile":
+            continue
         runs = [r[m] for r in per_seed]
         R = np.mean([r["matrix"] for r in runs], axis=0)
         finals = [r["final_avg_acc"] for r in runs]
@@ -322,6 +358,16 @@ def markdown(report: dict) -> str:
         if "forward_transfer" in r:
             f = r["forward_transfer"]
             lines.append(f"| {m} | {f['from_central0']:.3f} | {f['from_consolidated']:.3f} | {f['gain']:+.3f} |")
+    p = report["profile"]
+    lines += [
+        "",
+        "## Where a consolidation spends its time",
+        "",
+        f"One DAC consolidation of {p['steps']} steps of {p['batch_size']} OOD samples (1 torch thread): "
+        f"{p['cpu_seconds']:.1f} s CPU, of which {100 * p['augmentation_share']:.0f}% making the augmented OOD "
+        f"batches and {100 * p['model_and_optimizer_share']:.0f}% in the models (teacher forwards, student "
+        "forward/backward, projector and optimizer steps).",
+    ]
     names = [e["name"] for e in report["experiences"]]
     for m, r in report["methods"].items():
         lines += ["", f"## {m}: accuracy matrix, mean over seeds (row: after device t; column: experience j)", ""]
@@ -334,6 +380,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _seed_job(job: tuple) -> dict:
+    stream, work, seed, split, cfg, ft_epochs, quiet = job
+    torch.set_num_threads(1)
+    log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if quiet else print
+    setup = load_stream(stream, work, seed, split)
+    log(f"seed {seed}: {stream}, {len(setup.stream.experiences)} devices, {len(setup.stream.test)} {split} samples")
+    ood = open_ood(setup.ood, setup.base.input_spec)
+    return run_seed(setup, ood, ConsolidationConfig(**{**asdict(cfg), "seed": seed}), work, ft_epochs, log)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stream", default="split-digits", choices=["split-digits", "kws-domain", "kws-class"])
@@ -341,24 +397,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="consolidation steps (default: ConsolidationConfig)")
     ap.add_argument("--split", default="test", choices=["test", "val"], help="val for choosing settings")
     ap.add_argument("--ft-epochs", type=int, default=1, help="forward-transfer fine-tune budget (0: skip)")
+    ap.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes (1 torch thread each)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only add contention
-    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     t0 = time.perf_counter()
     cfg = ConsolidationConfig() if args.steps is None else ConsolidationConfig(steps=args.steps)
-    per_seed = []
-    for seed in range(args.seeds):
-        setup = load_stream(args.stream, args.work, seed, args.split)
-        log(
-            f"seed {seed}: {args.stream}, {len(setup.stream.experiences)} devices, {len(setup.stream.test)} {args.split}"
-        )
-        ood = open_ood(setup.ood, setup.base.input_spec)
-        per_seed.append(
-            run_seed(setup, ood, ConsolidationConfig(**{**asdict(cfg), "seed": seed}), args.work, args.ft_epochs, log)
-        )
+    load_stream(args.stream, args.work, 0, args.split)  # write the data once, before any worker reads it
+    jobs = [(args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json) for seed in range(args.seeds)]
+    if args.jobs > 1:
+        # One process per seed, one torch thread each: seeds are independent and the models are small.
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            per_seed = list(pool.map(_seed_job, jobs))
+    else:
+        per_seed = [_seed_job(j) for j in jobs]
+    setup = load_stream(args.stream, args.work, 0, args.split)
     methods = aggregate(per_seed)
     stem = f"dcl-{args.stream}" + ("" if args.split == "test" else f"-{args.split}")
     report = {
@@ -372,6 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device_training": asdict(setup.train) | {"seed": "per seed"},
         "forward_transfer_epochs": args.ft_epochs,
         "methods": methods,
+        "profile": per_seed[0]["profile"],
         "per_seed": per_seed,
         "wall_seconds": time.perf_counter() - t0,
         "file_stem": stem,

@@ -28,6 +28,7 @@ class ConsolidationConfig:
     seed: int = 0
     logit_loss: str = "mse"  # "mse" on raw logits, or "kl" with temperature
     temperature: float = 4.0
+    student_init: str = "previous"  # "previous" central or "average" of previous and incoming
     target_norm: str = "none"  # "none" or "centre": per-teacher centring of logits before averaging
     pld_weight: float = 1.0
     projector: str = "linear"  # "linear" or "mlp"

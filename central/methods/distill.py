@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from central.methods.base import ConsolidationConfig, Teacher, register_method
+from central.methods.base import ConsolidationConfig, Teacher, get_method, register_method
 
 
 def logit_targets(
@@ -69,7 +69,7 @@ class Distill:
         for t in teachers:
             t.model.eval()
             t.model.requires_grad_(False)
-        student = copy.deepcopy(previous.model)
+        student = self.initial_student(previous, incoming, ood, cfg)
         student.requires_grad_(True)
         projectors = self.make_projectors(student, teachers, cfg)
         params = list(student.parameters()) + list(projectors.parameters())
@@ -98,6 +98,18 @@ class Distill:
         student.eval()
         student.requires_grad_(False)
         return student
+
+    def initial_student(self, previous: Teacher, incoming: Teacher, ood, cfg: ConsolidationConfig) -> nn.Module:
+        """The previous central (default), or the class-weighted parameter average of both teachers.
+
+        Devices fine-tune from a shared ancestor, so the average sits in one basin and
+        already separates each task's classes; distillation then only has to fix the rest.
+        """
+        if cfg.student_init == "previous":
+            return copy.deepcopy(previous.model)
+        if cfg.student_init == "average":
+            return get_method("avg")(previous, incoming, ood, cfg)
+        raise ValueError(f"unknown student_init {cfg.student_init!r} (previous or average)")
 
     def make_projectors(self, student, teachers, cfg) -> nn.ModuleList:
         return nn.ModuleList()

@@ -1,0 +1,184 @@
+"""DAC ablations on Split-Digits: one knob at a time against the defaults.
+
+Every variant consolidates the same device models (one seed) and is scored on
+``val`` (the split settings are chosen on) and on ``test`` (reported). Knobs:
+PLD on/off and weight, linear vs MLP projector, OOD source (china.jpg,
+flower.jpg, a folder of scikit-image photos, noise), OOD augmentation, the
+number of consolidation steps (cost vs accuracy), BatchNorm handling, target
+normalisation, the student's initialisation, the logit loss, and asynchronous
+uploads (devices fine-tuned from an older central version).
+
+    python -m benchmarks.ablations [--seed 0] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.dcl import RESULTS, StreamSetup, evaluate_row, load_stream
+from central.consolidate import consolidate_step
+from central.methods import ConsolidationConfig
+from central.stream import train_devices, write_json
+from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
+from edge_agent.data.images import load_image_folder
+from edge_agent.data.ood import ImageAugment, open_ood
+from edge_agent.train import fine_tune, load_local_data
+
+# name -> (consolidation overrides, OOD source, augmentation overrides, method)
+VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
+    "default (dac)": ({}, None, None, "dac"),
+    "kd (PLD off)": ({}, None, None, "kd"),
+    "PLD weight 0.3": ({"pld_weight": 0.3}, None, None, "dac"),
+    "PLD weight 3": ({"pld_weight": 3.0}, None, None, "dac"),
+    "MLP projector": ({"projector": "mlp"}, None, None, "dac"),
+    "OOD flower.jpg": ({}, "flower", None, "dac"),
+    "OOD folder of photos": ({}, "folder", None, "dac"),
+    "OOD noise": ({}, "noise", None, "dac"),
+    "augmentation: recipe only": ({}, None, {"invert_p": 0.0, "lowres_p": 0.0, "autocontrast_p": 0.0}, "dac"),
+    "steps 125": ({"steps": 125}, None, None, "dac"),
+    "steps 250": ({"steps": 250}, None, None, "dac"),
+    "steps 1000": ({"steps": 1000}, None, None, "dac"),
+    "BN frozen": ({"bn_mode": "frozen"}, None, None, "dac"),
+    "BN re-estimated": ({"bn_mode": "reestimate"}, None, None, "dac"),
+    "targets centred": ({"target_norm": "centre"}, None, None, "dac"),
+    "targets raw": ({"target_norm": "none"}, None, None, "dac"),
+    "student from previous": ({"student_init": "previous"}, None, None, "dac"),
+    "student from average": ({"student_init": "average"}, None, None, "dac"),
+    "KL, T=4": ({"logit_loss": "kl"}, None, None, "dac"),
+    "devices from the latest central": ({}, None, None, "dac-lag1"),
+    "async: devices one version behind": ({}, None, None, "dac-lag2"),
+}
+
+
+def ood_source(kind: str | None, spec, aug: dict | None, tmp: Path):
+    """Open one of the ablation's OOD sources with the default augmentation plus ``aug``."""
+    augment = {**asdict(ImageAugment()), **(aug or {})}
+    if kind == "noise":
+        return open_ood("noise", spec)
+    if kind == "flower":
+        from edge_agent.data.ood import sample_photo_path
+
+        return open_ood(sample_photo_path("flower.jpg"), spec, **augment)
+    if kind == "folder":
+        import skimage.data as sd
+        from PIL import Image
+
+        folder = tmp / "photos"
+        folder.mkdir(exist_ok=True)
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon"):
+            img = np.asarray(getattr(sd, name)())
+            Image.fromarray(img).convert("RGB").save(folder / f"{name}.png")
+        return open_ood(folder, spec, **augment)
+    return open_ood(None, spec, **augment)
+
+
+def _bundle(setup: StreamSetup, model: torch.nn.Module, path: Path, classes: list[str] | None = None) -> Bundle:
+    manifest = new_manifest(model, setup.base.labels, setup.base.input_spec, classes or [], method="copy")
+    save_bundle(model, manifest, path)
+    return load_bundle(path)
+
+
+def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str, tmp: Path) -> dict:
+    """Consolidate the stream; ``dac-lagK`` first fine-tunes device t from the central K-1 versions behind the latest.
+
+    Plain methods use the stream's devices, which all fine-tuned central-0.
+    """
+    model, classes = setup.base.model, []
+    history = [setup.base.model]
+    cpu = []
+    for t, dev in enumerate(devices):
+        if method.startswith("dac-lag"):
+            # The device pulled a (possibly older) central version and fine-tuned it on its own data.
+            lag = int(method.removeprefix("dac-lag"))
+            pulled = _bundle(setup, history[max(0, len(history) - lag)], tmp / "pulled.safetensors")
+            data = load_local_data(setup.stream.experiences[t]["path"], setup.base)
+            tuned, _ = fine_tune(pulled, data, setup.train, progress=False)
+            dev = _bundle(setup, tuned, tmp / f"async-dev{t}.safetensors", data.classes)
+        step = replace(cfg, seed=cfg.seed * 1000 + t)
+        model, classes, timing = consolidate_step(
+            model, classes, dev, ood, "dac" if method.startswith("dac-lag") else method, step, progress=False
+        )
+        history.append(model)
+        cpu.append(timing["cpu_seconds"])
+    test_acc, test_task = evaluate_row(setup, model, classes)
+    val_setup = replace(setup, stream=replace(setup.stream, test=val))
+    val_acc, _ = evaluate_row(val_setup, model, classes)
+    return {
+        "val_final_avg_acc": float(np.mean(val_acc)),
+        "test_final_avg_acc": float(np.mean(test_acc)),
+        "test_task_aware": float(np.mean(test_task)),
+        "cpu_seconds_per_consolidation": float(np.mean(cpu[1:])),
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# DAC ablations on Split-Digits",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"One seed ({report['seed']}), the same 5 device models for every row; defaults: "
+        f"`{json.dumps(report['defaults'])}`, augmentation `{json.dumps(report['augment'])}`. "
+        "Settings are chosen on val; test is reported. Final average accuracy is class-incremental.",
+        "",
+        "| variant | val final avg acc | test final avg acc | test task-aware | CPU s / consolidation |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in report["variants"].items():
+        lines.append(
+            f"| {name} | {r['val_final_avg_acc']:.3f} | {r['test_final_avg_acc']:.3f} | {r['test_task_aware']:.3f} |"
+            f" {r['cpu_seconds_per_consolidation']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    setup = load_stream("split-digits", args.work, args.seed, "test")
+    val = load_image_folder(args.work / "data" / "val", setup.base.input_spec)
+    devices = train_devices(
+        setup.stream, setup.base_path, args.work / f"devices-seed{args.seed}", setup.train, False, lambda *a: None
+    )
+    out_json = args.out / "dcl-ablations.json"
+    previous = json.loads(out_json.read_text())["variants"] if out_json.exists() and args.only else {}
+    variants = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, (over, kind, aug, method) in VARIANTS.items():
+            if args.only and name not in args.only:
+                if name in previous:
+                    variants[name] = previous[name]
+                continue
+            t0 = time.perf_counter()
+            ood = ood_source(kind, setup.base.input_spec, aug, Path(d))
+            cfg = replace(ConsolidationConfig(**over), seed=args.seed)
+            variants[name] = run_variant(setup, devices, val, ood, cfg, method, Path(d))
+            print(f"{name:>34}: {json.dumps(variants[name])} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    report = {
+        "command": "python -m benchmarks.ablations" + (" " + " ".join(argv) if argv else ""),
+        "seed": args.seed,
+        "defaults": asdict(ConsolidationConfig()),
+        "augment": asdict(ImageAugment()),
+        "variants": variants,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(out_json, report)
+    (args.out / "dcl-ablations.md").write_text(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
