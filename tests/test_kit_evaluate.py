@@ -35,8 +35,15 @@ def test_kit_and_bundle_give_the_same_report(tmp_path, central0, split_digits):
     assert abs(b["accuracy"] - k["accuracy"]) < 1e-9  # fp32 artifact: identical predictions
     assert b["per_experience"]["dev1"]["accuracy"] > 0.9
 
-    # A kit whose file was edited is refused with one line.
+    # Artifacts go to devices: they must not carry this machine's source paths.
+    import edge_agent
+
     onnx_file = next(kit.glob("*.onnx"))
+    from pathlib import Path
+
+    assert str(Path(edge_agent.__file__).resolve().parent.parent).encode() not in onnx_file.read_bytes()
+
+    # A kit whose file was edited is refused with one line.
     onnx_file.write_bytes(onnx_file.read_bytes()[:-10] + b"0123456789")
     p = subprocess.run([central, "evaluate", "--model", str(kit), "--data", str(split_digits / "test")], capture_output=True, text=True)
     assert p.returncode != 0 and "checksum mismatch" in p.stderr and "Traceback" not in p.stderr
