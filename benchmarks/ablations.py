@@ -42,15 +42,19 @@ VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
     "OOD flower.jpg": ({}, "flower", None, "dac"),
     "OOD folder of photos": ({}, "folder", None, "dac"),
     "OOD noise": ({}, "noise", None, "dac"),
-    "augmentation: recipe only": ({}, None, {"invert_p": 0.0, "lowres_p": 0.0, "autocontrast_p": 0.0}, "dac"),
+    "augmentation: recipe only": (
+        {},
+        None,
+        {"invert_p": 0.0, "lowres_p": 0.0, "autocontrast_p": 0.0, "edges_p": 0.0},
+        "dac",
+    ),
+    "augmentation: no edge maps": ({}, None, {"edges_p": 0.0}, "dac"),
     "steps 125": ({"steps": 125}, None, None, "dac"),
     "steps 250": ({"steps": 250}, None, None, "dac"),
     "steps 1000": ({"steps": 1000}, None, None, "dac"),
     "BN frozen": ({"bn_mode": "frozen"}, None, None, "dac"),
     "BN re-estimated": ({"bn_mode": "reestimate"}, None, None, "dac"),
     "targets centred": ({"target_norm": "centre"}, None, None, "dac"),
-    "targets raw": ({"target_norm": "none"}, None, None, "dac"),
-    "student from previous": ({"student_init": "previous"}, None, None, "dac"),
     "student from average": ({"student_init": "average"}, None, None, "dac"),
     "KL, T=4": ({"logit_loss": "kl"}, None, None, "dac"),
     "devices from the latest central": ({}, None, None, "dac-lag1"),
@@ -140,33 +144,52 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _devices_dir(work: Path, seed: int) -> Path:
+    return work / f"ablation-devices-seed{seed}"
+
+
+def _variant_job(job: tuple) -> dict:
+    name, seed, work = job
+    torch.set_num_threads(1)
+    over, kind, aug, method = VARIANTS[name]
+    t0 = time.perf_counter()
+    setup = load_stream("split-digits", work, seed, "test")
+    val = load_image_folder(work / "data" / "val", setup.base.input_spec)
+    devices = [load_bundle(_devices_dir(work, seed) / f"{e['name']}.safetensors") for e in setup.stream.experiences]
+    with tempfile.TemporaryDirectory() as d:
+        ood = ood_source(kind, setup.base.input_spec, aug, Path(d))
+        cfg = replace(ConsolidationConfig(**over), seed=seed)
+        r = run_variant(setup, devices, val, ood, cfg, method, Path(d))
+    print(f"{name:>34}: {json.dumps(r)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return r
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    ap.add_argument("--jobs", type=int, default=2, help="variants run in parallel processes (1 torch thread each)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     setup = load_stream("split-digits", args.work, args.seed, "test")
-    val = load_image_folder(args.work / "data" / "val", setup.base.input_spec)
-    devices = train_devices(
-        setup.stream, setup.base_path, args.work / f"devices-seed{args.seed}", setup.train, False, lambda *a: None
+    train_devices(
+        setup.stream, setup.base_path, _devices_dir(args.work, args.seed), setup.train, False, lambda *a: None
     )
     out_json = args.out / "dcl-ablations.json"
     previous = json.loads(out_json.read_text())["variants"] if out_json.exists() and args.only else {}
-    variants = {}
-    with tempfile.TemporaryDirectory() as d:
-        for name, (over, kind, aug, method) in VARIANTS.items():
-            if args.only and name not in args.only:
-                if name in previous:
-                    variants[name] = previous[name]
-                continue
-            t0 = time.perf_counter()
-            ood = ood_source(kind, setup.base.input_spec, aug, Path(d))
-            cfg = replace(ConsolidationConfig(**over), seed=args.seed)
-            variants[name] = run_variant(setup, devices, val, ood, cfg, method, Path(d))
-            print(f"{name:>34}: {json.dumps(variants[name])} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    names = [n for n in VARIANTS if not args.only or n in args.only]
+    jobs = [(n, args.seed, args.work) for n in names]
+    if args.jobs > 1:
+        # Variants are independent: one process each, one torch thread per process.
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            done = dict(zip(names, pool.map(_variant_job, jobs), strict=True))
+    else:
+        done = {n: _variant_job(j) for n, j in zip(names, jobs, strict=True)}
+    variants = {n: done[n] if n in done else previous[n] for n in VARIANTS if n in done or n in previous}
     report = {
         "command": "python -m benchmarks.ablations" + (" " + " ".join(argv) if argv else ""),
         "seed": args.seed,

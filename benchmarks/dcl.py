@@ -68,7 +68,8 @@ def load_stream(name: str, work: Path, seed: int, split: str = "test") -> Stream
 
         meta = write_split_digits(work / "data")
         base_path = work / f"central-0-seed{seed}.safetensors"
-        init_central("cnn-s", meta["labels"], base_path, (1, 16, 16), seed=seed)
+        if not base_path.exists():  # deterministic for a seed; parallel workers must not rewrite it
+            init_central("cnn-s", meta["labels"], base_path, (1, 16, 16), seed=seed)
         base = load_bundle(base_path)
         exps = [{**e, "path": work / "data" / e["name"]} for e in meta["experiences"]]
         test = load_image_folder(work / "data" / split, base.input_spec)
@@ -89,7 +90,8 @@ def _kws_stream(name: str, work: Path, seed: int, split: str) -> StreamSetup:
         raise ValueError("kws streams report on their test lists only")
     data = synthetic_speech(work / "speech", seed=0, log=lambda *a: None)
     base_path = work / f"{name}-central-0-seed{seed}.safetensors"
-    init_central("ds-cnn", list(CORE_WORDS), base_path, seed=seed)
+    if not base_path.exists():
+        init_central("ds-cnn", list(CORE_WORDS), base_path, seed=seed)
     base = load_bundle(base_path)
     stream = kws_stream(data, work / name, name.split("-", 1)[1], AudioFrontend.from_dict(base.input_spec.frontend))
     return StreamSetup(name, stream, "ds-cnn", base, base_path, TrainConfig(epochs=20, seed=seed), None)
@@ -375,6 +377,10 @@ def markdown(report: dict) -> str:
         lines.append("|---" * (len(names) + 1) + "|")
         for t, row in enumerate(r["matrix"]):
             lines.append(f"| after {names[t]} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    ablations = RESULTS / "dcl-ablations.md"
+    if report["stream"] == "split-digits" and ablations.exists():
+        # The ablation table lives in its own file (written by benchmarks/ablations.py); quote it here.
+        lines += ["", "## Ablations", ""] + ablations.read_text().splitlines()[2:]
     stem = report["file_stem"]
     lines += ["", f"![accuracy matrices]({stem}-matrices.png)", "", f"![average accuracy]({stem}-curve.png)", ""]
     return "\n".join(lines)
