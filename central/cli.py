@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.errors import friendly
+from edge_agent.cli_support import friendly, register_optional
 
 app = typer.Typer(
     help="The central: consolidates device models into one multi-task model without any device data.",
@@ -180,17 +180,7 @@ def demo(
     typer.echo(f"report: {out / 'summary.md'} ({report['wall_seconds']:.0f} s)")
 
 
-def _register_optional() -> None:
-    """Commands whose stacks are extras: missing extras just leave the command out."""
-    for module in ("export.cli", "central.server.cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError:
-            continue
-        mod.register(app)
-
-
-_register_optional()
+register_optional(app, ("export.cli", "central.server.cli"))
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_agent.errors import friendly
+from edge_agent.cli_support import friendly
 
 
 def _ms(row, key: str) -> str:

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import struct
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from edge_agent.atomic import write_atomic
 from edge_agent.inputs import InputSpec, InputSpecError
 from edge_agent.models import EdgeModel, UnknownArchitectureError, create_model
 
@@ -177,22 +177,6 @@ def bundle_bytes(model: EdgeModel, manifest: Manifest) -> bytes:
     # The data layout does not depend on the metadata, so hash it from a first pass.
     manifest.weights_sha256 = hashlib.sha256(_data_section(st_save(tensors))).hexdigest()
     return st_save(tensors, metadata={"manifest": manifest.to_json()})
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file, fsync and rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_bundle(model: EdgeModel, manifest: Manifest, path: str | os.PathLike) -> str:

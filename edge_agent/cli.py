@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_agent.errors import friendly
+from edge_agent.cli_support import friendly, register_optional
 
 app = typer.Typer(
     help="The edge agent: fine-tunes the central model on this device's own data; no raw data leaves the device.",
@@ -94,16 +94,7 @@ def data_speech(
         typer.echo(f"wrote {len(folders)} device folders: {', '.join(str(f) for f in folders)}")
 
 
-def _register_optional() -> None:
-    for module in ("edge_agent.infer_cli", "edge_agent.client.cli", "edge_agent.bench_cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError:
-            continue
-        mod.register(app)
-
-
-_register_optional()
+register_optional(app, ("edge_agent.infer_cli", "edge_agent.client.cli", "edge_agent.bench_cli"))
 
 
 def main() -> None:

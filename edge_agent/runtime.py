@@ -246,24 +246,13 @@ def open_runner(kit: Kit, format: str | None = None, precision: str | None = Non
 
 
 def preprocess_image(path: str | Path, spec: InputSpec) -> np.ndarray:
-    """One image file as float32 ``[1, C, H, W]``: L/RGB, bilinear resize, [0, 1], then (x - mean) / std.
+    """One image file as float32 ``[1, C, H, W]``, by the same code as training (:mod:`edge_agent.preprocess`)."""
+    from edge_agent.preprocess import ImageReadError, read_image
 
-    Same steps as ``edge_agent.data.images.read_image`` (used in training), kept
-    here without torch so a device needs only numpy and PIL.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    c, h, w = spec.shape
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise KitInputError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
-    arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
-    return ((arr - mean) / std).astype(np.float32)[None]
+        return read_image(path, spec)[None]
+    except ImageReadError as e:
+        raise KitInputError(str(e)) from None
 
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:

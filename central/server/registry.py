@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from central.server.auth import check_device_name, new_token, same_token, token_hash
+from edge_agent.atomic import write_atomic
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -135,17 +135,7 @@ class BlobStore:
         dest = self.path(sha)
         if dest.is_file():
             return sha
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self.tmp)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(dest, data, tmp_dir=self.tmp)
         _fsync_dir(dest.parent)
         return sha
 

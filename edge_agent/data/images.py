@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from edge_agent import preprocess
 from edge_agent.data.labeled import DataError, LabeledSet
 from edge_agent.inputs import InputSpec
 
@@ -19,23 +19,11 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def read_image(path: str | Path, spec: InputSpec) -> np.ndarray:
-    """One image as float32 ``[C, H, W]``, resized to ``spec.shape`` and normalized."""
-    c, h, w = spec.shape
+    """One image as float32 ``[C, H, W]`` (see :func:`edge_agent.preprocess.read_image`)."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
-    arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
-    return normalize(arr, spec)
-
-
-def normalize(arr: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """``(x - mean) / std`` with per-channel (or shared) values from the spec; ``arr`` is ``[..., C, H, W]`` in [0, 1]."""
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
-    return ((arr - mean) / std).astype(np.float32)
+        return preprocess.read_image(path, spec)
+    except preprocess.ImageReadError as e:
+        raise DataError(str(e)) from None
 
 
 def load_image_folder(root: str | Path, spec: InputSpec, classes: list[str] | None = None) -> LabeledSet:

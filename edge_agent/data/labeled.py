@@ -41,6 +41,6 @@ class LabeledSet:
             )
         return torch.tensor([index[name] for name in self.labels], dtype=torch.long)
 
-    def subset(self, idx: torch.Tensor | list[int]) -> "LabeledSet":
+    def subset(self, idx: torch.Tensor | list[int]) -> LabeledSet:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return LabeledSet(self.x[idx], [self.labels[i] for i in idx.tolist()])

@@ -1,4 +1,4 @@
-"""Turn expected failures into one line on stderr and a non-zero exit (no traceback)."""
+"""CLI glue shared by `edge-agent` and `central`: one-line errors, optional commands."""
 
 from __future__ import annotations
 
@@ -29,3 +29,19 @@ def friendly(fn: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def register_optional(app: typer.Typer, modules: tuple[str, ...]) -> None:
+    """Add the commands of ``modules`` (each has ``register(app)``) whose extras are installed.
+
+    A device install without the converter or server stacks simply lacks those commands.
+    """
+    for module in modules:
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError as e:
+            # Only a missing third-party extra hides a command; a broken import of our own code must fail loudly.
+            if (e.name or "").split(".")[0] in {"edge_agent", "central", "export", "benchmarks"}:
+                raise
+            continue
+        mod.register(app)
