@@ -1,0 +1,377 @@
+"""Keyword spotting (issue 3): data-free consolidation of ds-cnn device models, and device cost.
+
+Run:  .venv/bin/python benchmarks/kws.py [--streams domain,class] [--steps 500] [--batch-size 64]
+      .venv/bin/python benchmarks/kws.py --only device-cost
+
+1. Accuracy.  For each stream (``domain``: five devices, same ten words, new
+   accents; ``class``: five devices, two new words each) on the synthetic
+   eSpeak NG dataset: device models are fine-tuned from central-0, then
+   consolidated in order with naive, KD-only and DAC from the bundled German
+   sentence alone.  Upper bound: joint training of central-0 on the union of
+   every device's training data (same recipe).  Target: DAC's final average
+   accuracy >= 90 % of the joint upper bound on the domain stream.
+2. Device cost of ``edge-agent train`` (the real CLI, under ``/usr/bin/time -v``):
+   peak resident memory (target <= 400 MB: a Raspberry Pi Zero 2 W has 512 MB),
+   the same for ``import torch`` alone, and training throughput in clips/s
+   from two runs with different epoch counts (the difference removes start-up
+   and data loading).
+
+Writes ``benchmarks/results/kws.json`` and ``.md`` (``--tag`` appends a suffix
+for side experiments).  The machine is shared: every timing comes with the
+load average and CPU seconds, which depend less on the neighbours than wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from central.create import init_central  # noqa: E402
+from central.demo_audio import consolidate_stream, kws_stream, synthetic_speech  # noqa: E402
+from central.evaluate import evaluate_logits, predict_logits  # noqa: E402
+from central.methods import ConsolidationConfig  # noqa: E402
+from central.stream import set_threads, train_devices, write_json  # noqa: E402
+from edge_agent.audio.frontend import AudioFrontend  # noqa: E402
+from edge_agent.bundle import load_bundle  # noqa: E402
+from edge_agent.data.ood import open_ood  # noqa: E402
+from edge_agent.data.speech_synth import CORE_WORDS  # noqa: E402
+from edge_agent.train import TrainConfig, train_bundle  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+BIN = Path(sys.executable).parent
+
+
+def load() -> float:
+    """1-minute load average (processes wanting a CPU; this machine has ``os.cpu_count()`` cores)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def accuracy_on(model, labels: list[str], tests, known: list[str]) -> list[float]:
+    return [evaluate_logits(predict_logits(model, t.x), labels, t, known=known)["accuracy"] for t in tests]
+
+
+# One sentence per language (none English, none a keyword): the "more sources"
+# attempt, spoken by eSpeak NG next to the bundled German sentence.
+MULTILINGUAL = {
+    "fr": "Le matin, le brouillard couvre lentement les champs, et les enfants courent avec leurs chiens jusqu'à la vieille rivière.",
+    "es": "Por la mañana la niebla cubre despacio los campos, y los niños corren con sus perros hasta el viejo río.",
+    "it": "Al mattino la nebbia copre lentamente i campi, e i bambini corrono con i loro cani fino al vecchio fiume.",
+    "nl": "In de vroege ochtend trekt de mist langzaam over de velden, en de kinderen lopen met hun honden naar de oude rivier.",
+}
+
+
+def multilingual_ood(folder: Path) -> Path:
+    """A folder with the bundled German sentence and :data:`MULTILINGUAL` (about 32 s of speech in all)."""
+    from edge_agent.data.speech_synth import default_ood_clip_path, synthesize_ood_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(default_ood_clip_path(), folder / "de.wav")
+    for voice, text in MULTILINGUAL.items():
+        if not (folder / f"{voice}.wav").is_file():
+            synthesize_ood_clip(folder / f"{voice}.wav", text=text, voice=voice)
+    return folder
+
+
+def reused(path: Path, base, train_cfg: TrainConfig):
+    """A bundle of an earlier run, checked to be fine-tuned from ``base`` with ``train_cfg``."""
+    b = load_bundle(path)
+    if b.manifest.parents != [base.id] or b.manifest.extra.get("train") != asdict(train_cfg):
+        raise SystemExit(f"{path} was trained from another central-0 or with another recipe: drop --reuse")
+    return b
+
+
+def run_stream(kind: str, work: Path, data: Path, args, log=print) -> dict:
+    """Devices, joint upper bound and every method on one stream; returns its result dict."""
+    central0 = work / "central-0.safetensors"
+    reuse = args.reuse and central0.is_file()
+    if not reuse:
+        init_central("ds-cnn", list(CORE_WORDS), central0, seed=args.seed)
+    base = load_bundle(central0)
+    fe = AudioFrontend.from_dict(base.input_spec.frontend)
+    stream = kws_stream(data, work / f"stream-{kind}", kind, fe)
+    train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    dev_dir = work / f"devices-{kind}"
+    dev_paths = [dev_dir / f"{e['name']}.safetensors" for e in stream.experiences]
+    t = time.perf_counter()
+    if reuse and all(p.is_file() for p in dev_paths):
+        devices = [reused(p, base, train_cfg) for p in dev_paths]
+    else:
+        # A new central-0 has a new id, so checkpoints of an interrupted run cannot resume.
+        shutil.rmtree(dev_dir, ignore_errors=True)
+        devices = train_devices(stream, central0, dev_dir, train_cfg, progress=False, log=log)
+    res: dict = {
+        "experiences": [{k: v for k, v in e.items() if k != "path"} for e in stream.experiences],
+        "test_clips": [len(t_) for t_ in stream.test_by_exp],
+        "device_training_wall_seconds": round(time.perf_counter() - t, 1),
+        "device_val_accuracy": [round(d.manifest.metrics["val_accuracy"], 4) for d in devices],
+        # Each device model on its own test speakers, over its own classes:
+        # what the devices reached locally (the ensemble oracle's per-experience accuracy).
+        "device_own_test_accuracy": [
+            round(accuracy_on(d.model, base.labels, [tst], e["classes"])[0], 4)
+            for d, e, tst in zip(devices, stream.experiences, stream.test_by_exp, strict=True)
+        ],
+    }
+    log(f"{kind}: devices on their own test sets {res['device_own_test_accuracy']}")
+    # Joint upper bound: the same recipe on the union of the devices' training
+    # clips (the dataset's train split); it does not depend on the stream.
+    t = time.perf_counter()
+    joint_path = work / "joint.safetensors"
+    if reuse and joint_path.is_file():
+        jm = reused(joint_path, base, train_cfg).model
+    else:
+        jm = load_bundle(train_bundle(central0, data, joint_path, train_cfg, progress=False)["out"]).model
+    per_exp = accuracy_on(jm, base.labels, stream.test_by_exp, list(CORE_WORDS))
+    res["joint"] = {
+        "final_avg_acc": round(sum(per_exp) / len(per_exp), 4),
+        "per_experience": [round(a, 4) for a in per_exp],
+        "all_test": round(accuracy_on(jm, base.labels, [stream.test], list(CORE_WORDS))[0], 4),
+        "wall_seconds": round(time.perf_counter() - t, 1),
+    }
+    log(f"{kind}: joint upper bound {res['joint']['final_avg_acc']:.3f}")
+    ood = multilingual_ood(work / "ood-multilingual") if args.ood == "multilingual" else args.ood
+    source = open_ood(ood, base.input_spec, **args.aug)
+    cfg = ConsolidationConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    res["consolidation_config"] = asdict(cfg)
+    res["methods"] = {}
+    for m in args.methods:
+        t = time.perf_counter()
+        r = consolidate_stream(stream, base, devices, source, m, cfg, progress=False, log=log)
+        r.pop("model")
+        r["wall_seconds"] = round(time.perf_counter() - t, 1)
+        r["fraction_of_joint"] = round(r["final_avg_acc"] / res["joint"]["final_avg_acc"], 4)
+        r["load_average"] = load()
+        res["methods"][m] = r
+    return res
+
+
+def time_v(cmd: list[str], cwd: Path) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v``: peak RSS (MB), wall, user+sys CPU seconds."""
+    p = subprocess.run(
+        ["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd, env={**os.environ, "EDGE_PROGRESS": "0"}
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {p.stderr[-1500:]}")
+
+    def field(name: str) -> str:
+        return re.search(rf"{re.escape(name)}: (.+)", p.stderr).group(1).strip()
+
+    wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")
+    return {
+        "peak_rss_mb": round(int(field("Maximum resident set size (kbytes)")) / 1024, 1),
+        "wall_seconds": round(sum(float(v) * 60**i for i, v in enumerate(reversed(wall))), 2),
+        "cpu_seconds": round(float(field("User time (seconds)")) + float(field("System time (seconds)")), 2),
+        "load_average": load(),
+    }
+
+
+def device_cost(work: Path, data: Path, args) -> dict:
+    """Peak memory and throughput of the real ``edge-agent train`` CLI on one domain device."""
+    central0 = work / "central-0.safetensors"
+    if not central0.is_file():
+        init_central("ds-cnn", list(CORE_WORDS), central0, seed=args.seed)
+    dev = work / "stream-domain" / "device-01"
+    if not dev.is_dir():
+        kws_stream(data, work / "stream-domain", "domain", AudioFrontend())
+    py = sys.executable
+    out = {"import_torch": time_v([py, "-c", "import torch"], work)}
+    out["import_cli"] = time_v([str(BIN / "edge-agent"), "--help"], work)
+    runs = {}
+    for epochs in (1, 1 + args.cost_epochs):
+        cmd = [str(BIN / "edge-agent"), "train", "--model", str(central0), "--data", str(dev),
+               "--out", str(work / f"cost-{epochs}.safetensors"), "--epochs", str(epochs)]  # fmt: skip
+        runs[epochs] = time_v(cmd, work)
+        runs[epochs]["epochs"] = epochs
+    n_train = load_bundle(work / "cost-1.safetensors").manifest.metrics["n_train"]
+    a, b = runs[1], runs[1 + args.cost_epochs]
+    clips = n_train * args.cost_epochs
+    out["train_runs"] = list(runs.values())
+    out["n_train_clips"] = n_train
+    out["train_clips_per_second_wall"] = round(clips / max(b["wall_seconds"] - a["wall_seconds"], 1e-9), 1)
+    out["train_clips_per_cpu_second"] = round(clips / max(b["cpu_seconds"] - a["cpu_seconds"], 1e-9), 1)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs.values())
+    out["target_peak_rss_mb"] = 400
+    out["peak_rss_target_met"] = out["peak_rss_mb"] <= 400
+    return out
+
+
+def markdown(report: dict) -> str:
+    a = report["args"]
+    lines = [
+        "# Keyword spotting: data-free consolidation and device cost (issue 3)",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine']}; torch {report['torch']}; accuracy runs use 1 torch thread, the timed CLI "
+        f"runs torch's default; the 2 cores were shared with other jobs (load averages are recorded).",
+        "",
+        f"Synthetic eSpeak NG Speech Commands (10 words, 8 accents, 80 speakers, seed {a['seed']}); "
+        f"ds-cnn; devices fine-tuned {a['epochs']} epochs at lr {a['lr']}; consolidation {a['steps']} steps of "
+        f"{a['batch_size']} OOD clips from {a['ood'] or 'the bundled German sentence'}"
+        + (f", augmentation overrides {a['aug']}" if a["aug"] else "")
+        + ".",
+    ]
+    for kind, r in report.get("streams", {}).items():
+        j = r["joint"]["final_avg_acc"]
+        lines += [
+            "",
+            f"## {kind}-incremental stream",
+            "",
+            f"Devices on their own test speakers: {', '.join(f'{v:.3f}' for v in r['device_own_test_accuracy'])}. "
+            f"Joint upper bound (average over the five test sets): **{j:.3f}**.",
+            "",
+            "| method | final avg acc | fraction of joint | avg forgetting | task-aware final avg acc | CPU s per consolidation |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m, x in r["methods"].items():
+            cpu = x["cpu_seconds_per_consolidation"][1:] or [0.0]
+            lines.append(
+                f"| {m} | {x['final_avg_acc']:.3f} | {x['fraction_of_joint']:.3f} | {x['avg_forgetting']:.3f} | "
+                f"{x['task_aware']['final_avg_acc']:.3f} | {sum(cpu) / len(cpu):.1f} |"
+            )
+        if kind == "domain" and "dac" in r["methods"]:
+            frac = r["methods"]["dac"]["fraction_of_joint"]
+            lines += ["", f"Target DAC >= 0.90 of joint: **{'met' if frac >= 0.9 else 'missed'}** ({frac:.3f})."]
+        for m, x in r["methods"].items():
+            lines += ["", f"{m} accuracy matrix (row: after device t; column: test speakers of device j):", ""]
+            lines.append("| | " + " | ".join(f"dev{j + 1}" for j in range(len(x["matrix"]))) + " |")
+            lines.append("|---" * (len(x["matrix"]) + 1) + "|")
+            for t, row in enumerate(x["matrix"]):
+                lines.append(f"| after dev{t + 1} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    if report.get("attempts"):
+        lines += [
+            "",
+            "## Attempts at the domain target (same devices and joint model, `--reuse`)",
+            "",
+            "| attempt | command | method | final avg acc | fraction of joint | avg forgetting |",
+            "|---|---|---|---|---|---|",
+        ]
+        for at in report["attempts"]:
+            for m, x in at["methods"].items():
+                lines.append(
+                    f"| {at['tag']} | `{at['command']}` | {m} | {x['final_avg_acc']:.3f} | "
+                    f"{x['fraction_of_joint']:.3f} | {x['avg_forgetting']:.3f} |"
+                )
+    c = report.get("device_cost")
+    if c:
+        lines += [
+            "",
+            "## Device cost of `edge-agent train` (ds-cnn, one domain device)",
+            "",
+            f"Measured with `/usr/bin/time -v` on the installed CLI, {c['n_train_clips']} training clips.",
+            "",
+            "| what | peak RSS (MB) | wall s | CPU s | load avg |",
+            "|---|---|---|---|---|",
+            f"| `python -c 'import torch'` | {c['import_torch']['peak_rss_mb']} | {c['import_torch']['wall_seconds']} | "
+            f"{c['import_torch']['cpu_seconds']} | {c['import_torch']['load_average']} |",
+            f"| `edge-agent --help` | {c['import_cli']['peak_rss_mb']} | {c['import_cli']['wall_seconds']} | "
+            f"{c['import_cli']['cpu_seconds']} | {c['import_cli']['load_average']} |",
+        ]
+        for r in c["train_runs"]:
+            lines.append(
+                f"| `edge-agent train --epochs {r['epochs']}` | {r['peak_rss_mb']} | {r['wall_seconds']} | "
+                f"{r['cpu_seconds']} | {r['load_average']} |"
+            )
+        lines += [
+            "",
+            f"Peak RSS {c['peak_rss_mb']} MB against the 400 MB target: **{'met' if c['peak_rss_target_met'] else 'missed'}**. "
+            f"Training throughput (difference of the two runs): {c['train_clips_per_second_wall']} clips/s wall, "
+            f"{c['train_clips_per_cpu_second']} clips per CPU second.",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def parse_aug(items: list[str]) -> dict:
+    """``key=value`` pairs for :class:`edge_agent.data.ood_audio.AudioAugment` (values are JSON)."""
+    out = {}
+    for item in items:
+        k, v = item.split("=", 1)
+        v = json.loads(v)
+        out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("kws-work"), help="data, streams and bundles (reused)")
+    ap.add_argument("--streams", default="domain,class")
+    ap.add_argument("--methods", default="naive,kd,dac")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--ood", default=None, help="audio clip or folder, or 'multilingual' [default: the bundled German sentence]"
+    )
+    ap.add_argument("--aug", nargs="*", default=[], help="AudioAugment overrides, e.g. rate=[0.8,1.25] noise_p=0")
+    ap.add_argument("--reuse", action="store_true", help="reuse central-0, device and joint bundles found in --work")
+    ap.add_argument("--only", choices=["accuracy", "device-cost"], default=None)
+    ap.add_argument("--cost-epochs", type=int, default=4, help="extra epochs of the second timed train run")
+    ap.add_argument("--tag", default="", help="suffix of the result files (side experiments)")
+    ap.add_argument("--merge", nargs="*", type=Path, help="combine result JSONs of separate runs into kws.json/.md")
+    args = ap.parse_args()
+    if args.merge:
+        merged: dict = {"parts": []}
+        for path in args.merge:
+            part = json.loads(path.read_text())
+            merged["parts"].append({"command": part["command"], "wall_seconds": part["wall_seconds"]})
+            if part["args"].get("tag", "").startswith("fix-"):
+                # An attempt at the domain target: listed, not mixed into the main results.
+                for kind, r in part["streams"].items():
+                    merged.setdefault("attempts", []).append(
+                        {"tag": part["args"]["tag"], "stream": kind, "command": part["command"], **r}
+                    )
+                continue
+            merged.setdefault("streams", {}).update(part.get("streams", {}))
+            for key in ("machine", "torch", "args", "device_cost"):
+                if key in part and (key not in merged or key == "device_cost"):
+                    merged[key] = part[key]
+        merged["command"] = " ; ".join(p["command"] for p in merged["parts"])
+        write_json(RESULTS / "kws.json", merged)
+        (RESULTS / "kws.md").write_text(markdown(merged))
+        return
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.aug = parse_aug(args.aug)
+    set_threads()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = synthetic_speech(args.work / "data", seed=args.seed)
+    report: dict = {
+        "command": "python benchmarks/kws.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    if args.only != "device-cost":
+        report["streams"] = {}
+        for kind in [s for s in args.streams.split(",") if s]:
+            report["streams"][kind] = run_stream(kind, args.work, data, args)
+    if args.only != "accuracy":
+        report["device_cost"] = device_cost(args.work, data, args)
+    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    report["load_average_end"] = load()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "kws" + (f"-{args.tag}" if args.tag else "")
+    write_json(RESULTS / f"{name}.json", report)
+    (RESULTS / f"{name}.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
