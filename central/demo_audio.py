@@ -49,8 +49,9 @@ DEVICE_EPOCHS = 30
 DEVICE_LR = 3e-3
 # OOD samples per consolidation step.  ds-cnn is slow on CPU (depthwise
 # convolutions, BatchNorm on 24x20x64 maps): one step (two teacher passes,
-# student forward and backward) measured 0.99 CPU s at 128 clips and 0.22 at
-# 64 on one thread of a loaded machine, so the demo uses 64.
+# student forward and backward) measured 0.53 CPU s at 128 clips and 0.31 at
+# 64 on one thread, so the demo uses 64 (benchmarks/kws.py measured about
+# 55 CPU s per 200-step consolidation at 64).
 BATCH_SIZE = 64
 
 

@@ -17,6 +17,10 @@ Each call of :meth:`AudioOOD.sample` returns ``n`` model-ready log-mel inputs
 
 The same interface serves consolidation and int8 calibration
 (:class:`edge_agent.data.ood.OODSource`).
+
+Cost, measured on one thread: 63 ms CPU per batch of 128 (34 ms for 64),
+against 530 ms (310 ms) for one ds-cnn consolidation step on that batch:
+consolidation is bound by the model, not by this recipe.
 """
 
 from __future__ import annotations
