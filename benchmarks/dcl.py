@@ -82,7 +82,7 @@ def load_stream(name: str, work: Path, seed: int, split: str = "test") -> Stream
 
 def _kws_stream(name: str, work: Path, seed: int, split: str) -> StreamSetup:
     # The audio streams are built exactly as the audio demo builds them (one source of truth).
-    from central.demo_audio import kws_stream, synthetic_speech
+    from central.demo_audio import BATCH_SIZE, DEVICE_EPOCHS, DEVICE_LR, kws_stream, synthetic_speech
     from edge_agent.audio.frontend import AudioFrontend
     from edge_agent.data.speech_synth import CORE_WORDS
 
@@ -94,7 +94,8 @@ def _kws_stream(name: str, work: Path, seed: int, split: str) -> StreamSetup:
         init_central("ds-cnn", list(CORE_WORDS), base_path, seed=seed)
     base = load_bundle(base_path)
     stream = kws_stream(data, work / name, name.split("-", 1)[1], AudioFrontend.from_dict(base.input_spec.frontend))
-    return StreamSetup(name, stream, "ds-cnn", base, base_path, TrainConfig(epochs=20, seed=seed), None)
+    train = TrainConfig(epochs=DEVICE_EPOCHS, lr=DEVICE_LR, batch_size=BATCH_SIZE, seed=seed)  # the audio demo's
+    return StreamSetup(name, stream, "ds-cnn", base, base_path, train, None)
 
 
 def experience_test(setup: StreamSetup, j: int) -> LabeledSet:
@@ -324,6 +325,10 @@ def curve_plot(methods: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _mb(v: float) -> str:
+    return f"{v:.0f}" if v else "-"
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# DCL benchmark: {report['stream']} ({report['split']} split)",
@@ -340,13 +345,14 @@ def markdown(report: dict) -> str:
     for m, r in report["methods"].items():
         lines.append(
             f"| {m} | {r['final_avg_acc']:.3f} | {r['final_avg_acc_std']:.3f} | {r['task_aware_final_avg_acc']:.3f} |"
-            f" {r['avg_forgetting']:.3f} | {r['cpu_seconds_per_consolidation']:.1f} | {r['peak_rss_mb']:.0f} |"
+            f" {r['avg_forgetting']:.3f} | {r['cpu_seconds_per_consolidation']:.1f} | {_mb(r['peak_rss_mb'])} |"
         )
     lines += [
         "",
         "`ensemble` routes each sample to its own device by the true task id (task-aware by construction), and",
-        "`joint` trains on all the data seen so far: both are upper bounds, not consolidation methods. Peak RSS is",
-        "the process's peak so far (ru_maxrss), so it only grows down the table.",
+        "`joint` trains on all the data seen so far: both are upper bounds, not consolidation methods (joint's CPU",
+        "column is its training time per experience). Peak RSS is the seed process's peak so far (ru_maxrss, max over",
+        "seeds), so it only grows down the table; the methods run one after another in the same process.",
         "",
         "## Forward transfer to devices",
         "",
