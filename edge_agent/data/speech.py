@@ -163,8 +163,9 @@ def load_speech_commands(
     waves, labels = load_waves(root, split, words, frontend.sample_rate, frontend.clip_samples)
     feats = np.empty((len(waves), *frontend.input_shape), dtype=np.float32)
     # In chunks: the framed spectra of thousands of clips would not fit in memory at once.
-    for start in range(0, len(waves), 512):
-        feats[start : start + 512] = frontend(waves[start : start + 512])
+    # Small chunks: the STFT intermediates are ~0.4 MB per clip, and devices have little memory.
+    for start in range(0, len(waves), 64):
+        feats[start : start + 64] = frontend(waves[start : start + 64])
     return LabeledSet(torch.from_numpy(feats), labels)
 
 
