@@ -315,6 +315,7 @@ def curve_plot(methods: dict, path: Path, title: str) -> None:
     for m, r in methods.items():
         c = r["avg_acc_curve"]
         ax.plot(range(1, len(c) + 1), c, marker="o", label=f"{m} ({r['final_avg_acc']:.2f})")
+    ax.set_xticks(range(1, len(c) + 1))
     ax.set_xlabel("after experience")
     ax.set_ylabel("average accuracy (class-incremental)")
     ax.set_ylim(0, 1.02)

@@ -91,7 +91,8 @@ def test_average_merges_head_rows_by_who_knows_them():
 
 def test_distillation_is_deterministic_for_a_seed():
     runs = []
-    for _ in range(2):
+    for i in range(2):
         prev, new = _teachers()
-        runs.append(get_method("kd")(prev, new, NoiseOOD(SPEC), _cfg(seed=3)).state_dict())
+        torch.manual_seed(100 + i)  # the global RNG's history must not matter (projector init)
+        runs.append(get_method("dac")(prev, new, NoiseOOD(SPEC), _cfg(seed=3)).state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

@@ -69,6 +69,8 @@ class Distill:
         for t in teachers:
             t.model.eval()
             t.model.requires_grad_(False)
+        # Seed before anything random is built (the projectors' init), not just before the loop.
+        torch.manual_seed(cfg.seed)
         student = self.initial_student(previous, incoming, ood, cfg)
         student.requires_grad_(True)
         projectors = self.make_projectors(student, teachers, cfg)
@@ -76,7 +78,6 @@ class Distill:
         opt = torch.optim.Adam(params, lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
         g = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
         student.train(cfg.bn_mode != "frozen")
         for step in range(cfg.steps):
             x = ood.sample(cfg.batch_size, g)
