@@ -149,7 +149,9 @@ def print_report(report: dict) -> None:
 def demo(
     out: Annotated[Path, typer.Option(help="report folder (data, bundles, JSON, PNG, Markdown)")] = Path("demo-out"),
     modality: Annotated[str, typer.Option(help="image (Split-Digits) or audio (synthetic keyword spotting)")] = "image",
-    steps: Annotated[int, typer.Option(help="consolidation steps per device")] = 500,
+    steps: Annotated[
+        Optional[int], typer.Option(help="consolidation steps per device [default: 500 for images, 200 for audio]")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="device training epochs")] = 30,
     seed: Annotated[int, typer.Option()] = 0,
     methods: Annotated[str, typer.Option(help="comma-separated methods to compare")] = "naive,dac",
@@ -162,17 +164,18 @@ def demo(
     if via_server:
         from central.demo_server import run_server_demo
 
-        r = run_server_demo(out, epochs=epochs, steps=steps, log=typer.echo)
+        r = run_server_demo(out, epochs=epochs, steps=steps or 500, log=typer.echo)
         typer.echo(f"server demo done in {r['wall_seconds']:.0f} s: {out / 'server-demo.json'}")
         return
     if modality == "image":
         from central.demo import run_demo
 
-        report = run_demo(out, names, steps=steps, epochs=epochs, seed=seed, log=typer.echo)
+        report = run_demo(out, names, steps=steps or 500, epochs=epochs, seed=seed, log=typer.echo)
     elif modality == "audio":
         from central.demo_audio import run_audio_demo
 
-        report = run_audio_demo(out, names, steps=steps, seed=seed, log=typer.echo)
+        # ds-cnn steps cost ~5x cnn-s steps; 500 measured no better than 200 (benchmarks/results/kws.md).
+        report = run_audio_demo(out, names, steps=steps or 200, seed=seed, log=typer.echo)
     else:
         raise ValueError(f"--modality must be image or audio, not {modality!r}")
     for m, r in report["methods"].items():
