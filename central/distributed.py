@@ -208,7 +208,10 @@ class DataParallelDistill:
         for t in teachers:
             t.model.eval()
             t.model.requires_grad_(False)
-        student = copy.deepcopy(teachers[0].model)
+        # Same order as Distill.__call__: seed with the job's seed (identical on every rank) before the
+        # student and projectors are built, then switch to this rank's own seed for its OOD batches.
+        torch.manual_seed(cfg.seed)
+        student = self.method.initial_student(teachers[0], teachers[1], ood, cfg).to(dev)
         student.requires_grad_(True)
         projectors = self.method.make_projectors(student, teachers, cfg).to(dev)
         params = list(student.parameters()) + list(projectors.parameters())
