@@ -82,6 +82,22 @@ def consolidate_step(
     return model, new_classes, timing
 
 
+def load_inputs(base_path: str | Path, incoming_paths: list[str | Path]) -> tuple[Bundle, list[Bundle]]:
+    """Load the central and the device bundles; each device must fit the central (:func:`check_compatible`)."""
+    base = load_bundle(base_path)
+    incoming = []
+    for p in incoming_paths:
+        try:
+            b = load_bundle(p)
+        except BundleError as e:
+            raise BundleError(f"{p}: {e}") from None
+        check_compatible(base, b)
+        incoming.append(b)
+    if not incoming:
+        raise ConsolidationError("nothing to consolidate: give at least one --incoming device model")
+    return base, incoming
+
+
 def consolidate_files(
     base_path: str | Path,
     incoming_paths: list[str | Path],
@@ -97,17 +113,7 @@ def consolidate_files(
     """
     cfg = cfg or ConsolidationConfig()
     get_method(method)  # fail before any work on a wrong name
-    base = load_bundle(base_path)
-    incoming = []
-    for p in incoming_paths:
-        try:
-            b = load_bundle(p)
-        except BundleError as e:
-            raise BundleError(f"{p}: {e}") from None
-        check_compatible(base, b)
-        incoming.append(b)
-    if not incoming:
-        raise ConsolidationError("nothing to consolidate: give at least one --incoming device model")
+    base, incoming = load_inputs(base_path, incoming_paths)
     source = open_ood(ood, base.input_spec)
     model, classes = base.model, list(base.manifest.trained_classes)
     steps = []

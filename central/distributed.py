@@ -52,10 +52,11 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from central.consolidate import ConsolidationError, check_compatible, known_mask
+from central import consolidate
+from central.consolidate import known_mask
 from central.methods import ConsolidationConfig, Teacher, get_method
 from central.methods.distill import Distill, logit_loss, logit_targets, reestimate_bn
-from edge_agent.bundle import Bundle, BundleError, load_bundle, new_manifest, save_bundle, write_atomic
+from edge_agent.bundle import Bundle, new_manifest, save_bundle, write_atomic
 from edge_agent.data.ood import OODSource, open_ood
 from edge_agent.models import EdgeModel
 from edge_agent.progress import make_progress
@@ -452,18 +453,7 @@ def _fingerprint(job: DistributedJob, base: Bundle, incoming: list[Bundle], worl
 
 def load_inputs(job: DistributedJob) -> tuple[Bundle, list[Bundle]]:
     """Load and check the base and device bundles (the same checks as ``consolidate_files``)."""
-    base = load_bundle(job.base)
-    incoming = []
-    for p in job.incoming:
-        try:
-            b = load_bundle(p)
-        except BundleError as e:
-            raise BundleError(f"{p}: {e}") from None
-        check_compatible(base, b)
-        incoming.append(b)
-    if not incoming:
-        raise ConsolidationError("nothing to consolidate: give at least one --incoming device model")
-    return base, incoming
+    return consolidate.load_inputs(job.base, job.incoming)
 
 
 def run_job(
