@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from central.evaluate import evaluate_logits
@@ -33,7 +34,7 @@ def evaluate_kit(
     x = samples.x.numpy()
     logits = [runner.run(x[i : i + 1]) for i in range(len(x))]  # batch 1: what a device runs
     known = kit.manifest.get("trained_classes") or kit.labels
-    report = evaluate_logits(torch.from_numpy(__import__("numpy").concatenate(logits)), kit.labels, samples, known, experiences)
+    report = evaluate_logits(torch.from_numpy(np.concatenate(logits)), kit.labels, samples, known, experiences)
     report["known_classes"] = known
     report["model"] = {"kit": str(kit_path), "artifact": runner.artifact.file if hasattr(runner, "artifact") else None}
     return report

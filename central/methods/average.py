@@ -6,8 +6,6 @@ one model never learned does not drag the other's classifier towards noise.
 
 import copy
 
-import torch
-
 from central.methods.base import register_method
 
 
@@ -34,4 +32,3 @@ class Average:
 
 
 register_method(Average())
-_ = torch  # torch is used via tensor methods above
