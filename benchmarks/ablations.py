@@ -95,7 +95,7 @@ def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str,
 
     Plain methods use the stream's devices, which all fine-tuned central-0.
     """
-    model, classes = setup.base.model, []
+    model, classes, support = setup.base.model, [], None
     history = [setup.base.model]
     cpu = []
     for t, dev in enumerate(devices):
@@ -108,8 +108,16 @@ def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str,
             dev = _bundle(setup, tuned, tmp / f"async-dev{t}.safetensors", data.classes)
         step = replace(cfg, seed=cfg.seed * 1000 + t)
         model, classes, timing = consolidate_step(
-            model, classes, dev, ood, "dac" if method.startswith("dac-lag") else method, step, progress=False
+            model,
+            classes,
+            dev,
+            ood,
+            "dac" if method.startswith("dac-lag") else method,
+            step,
+            progress=False,
+            current_support=support,
         )
+        support = timing["class_support"]
         history.append(model)
         cpu.append(timing["cpu_seconds"])
     test_acc, test_task = evaluate_row(setup, model, classes)

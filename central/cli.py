@@ -62,6 +62,20 @@ def consolidate(
     lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay)")] = 1e-3,
     pld_weight: Annotated[float, typer.Option(help="weight of the projected latent loss (dac)")] = 1.0,
     logit_loss: Annotated[str, typer.Option(help="mse on raw logits, or kl with --temperature")] = "mse",
+    teacher_weighting: Annotated[
+        str,
+        typer.Option(
+            help="equal: each teacher that knows a class counts once; support: by how many devices stand behind it "
+            "(a running mean over devices, recorded in the bundle)"
+        ),
+    ] = "equal",
+    dream_steps: Annotated[
+        int,
+        typer.Option(
+            help="refine part of each OOD batch towards the teachers' BatchNorm statistics with this many steps "
+            "(DeepInversion-style; 0: off)"
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     nproc: Annotated[
         int, typer.Option(help="data-parallel processes (torch.distributed; gloo on CPU, NCCL on GPUs); --batch-size is the global batch")
@@ -79,8 +93,16 @@ def consolidate(
     from central.methods import ConsolidationConfig
 
     cfg = ConsolidationConfig(
-        steps=steps, batch_size=batch_size, lr=lr, seed=seed, pld_weight=pld_weight, logit_loss=logit_loss
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        pld_weight=pld_weight,
+        logit_loss=logit_loss,
+        teacher_weighting=teacher_weighting,
+        dream_steps=dream_steps,
     )
+    cfg.check()
     if from_queue:
         from central.server.admin import consolidate_from_queue
         from edge_agent.client.http import CentralError, CentralUnreachable

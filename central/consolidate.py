@@ -30,6 +30,21 @@ def known_mask(bundle_labels: list[str], classes: list[str]) -> torch.Tensor:
     return mask
 
 
+def class_support(bundle: Bundle) -> dict[str, int]:
+    """How many device models stand behind each class ``bundle`` knows.
+
+    A consolidated central records it in its manifest (``extra.class_support``);
+    anything else (a device model, central-0, an older central) counts one per trained class.
+    """
+    record = bundle.manifest.extra.get("class_support")
+    record = record if isinstance(record, dict) else {}
+    return {c: max(1, int(record.get(c, 1))) for c in bundle.manifest.trained_classes}
+
+
+def support_tensor(labels: list[str], support: dict[str, int]) -> torch.Tensor:
+    return torch.tensor([float(support.get(c, 0)) for c in labels])
+
+
 def check_compatible(base: Bundle, other: Bundle) -> None:
     """The incoming model must share the central's architecture, label list and input spec."""
     name = other.path.name if other.path else other.id[:12]
@@ -55,10 +70,19 @@ def consolidate_step(
     cfg: ConsolidationConfig,
     progress: bool = True,
     description: str = "consolidate",
+    current_support: dict[str, int] | None = None,
 ) -> tuple[EdgeModel, list[str], dict]:
-    """One consolidation: returns the new model, the classes it knows, and timing."""
+    """One consolidation: returns the new model, the classes it knows, and an info dict.
+
+    ``current_support`` counts the devices behind each of ``current_classes`` (default:
+    one each); the info dict has the updated count under ``class_support`` besides
+    ``cpu_seconds`` and ``wall_seconds``.
+    """
     labels = incoming.labels
     new_classes = [c for c in labels if c in set(current_classes) | set(incoming.manifest.trained_classes)]
+    support = {c: 1 for c in current_classes} | (current_support or {})
+    added = class_support(incoming)
+    new_support = {c: support.get(c, 0) + added.get(c, 0) for c in new_classes}
     t0 = time.process_time()
     w0 = time.perf_counter()
     if not current_classes:
@@ -67,8 +91,8 @@ def consolidate_step(
 
         model = copy.deepcopy(incoming.model)
     else:
-        previous = Teacher(current, known_mask(labels, current_classes))
-        inc = Teacher(incoming.model, known_mask(labels, incoming.manifest.trained_classes))
+        previous = Teacher(current, known_mask(labels, current_classes), support_tensor(labels, support))
+        inc = Teacher(incoming.model, known_mask(labels, incoming.manifest.trained_classes), support_tensor(labels, added))
         fn = get_method(method)
         with make_progress(progress) as bar:
             task = bar.add_task(description, total=cfg.steps, info="")
@@ -78,8 +102,12 @@ def consolidate_step(
                     bar.update(task, completed=step, info=" ".join(f"{k} {v:.4f}" for k, v in losses.items()))
 
             model = fn(previous, inc, ood, cfg, progress=report)
-    timing = {"cpu_seconds": time.process_time() - t0, "wall_seconds": time.perf_counter() - w0}
-    return model, new_classes, timing
+    info = {
+        "cpu_seconds": time.process_time() - t0,
+        "wall_seconds": time.perf_counter() - w0,
+        "class_support": new_support,
+    }
+    return model, new_classes, info
 
 
 def load_inputs(base_path: str | Path, incoming_paths: list[str | Path]) -> tuple[Bundle, list[Bundle]]:
@@ -115,14 +143,23 @@ def consolidate_files(
     get_method(method)  # fail before any work on a wrong name
     base, incoming = load_inputs(base_path, incoming_paths)
     source = open_ood(ood, base.input_spec)
-    model, classes = base.model, list(base.manifest.trained_classes)
+    model, classes, support = base.model, list(base.manifest.trained_classes), class_support(base)
     steps = []
     for i, b in enumerate(incoming):
         step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed + i})
-        model, classes, timing = consolidate_step(
-            model, classes, b, source, method, step_cfg, progress, description=f"consolidate {i + 1}/{len(incoming)}"
+        model, classes, info = consolidate_step(
+            model,
+            classes,
+            b,
+            source,
+            method,
+            step_cfg,
+            progress,
+            description=f"consolidate {i + 1}/{len(incoming)}",
+            current_support=support,
         )
-        steps.append({"incoming": b.id, "classes": b.manifest.trained_classes, **timing})
+        support = info.pop("class_support")
+        steps.append({"incoming": b.id, "classes": b.manifest.trained_classes, **info})
     version = base.manifest.extra.get("version")
     manifest = new_manifest(
         model,
@@ -136,6 +173,7 @@ def consolidate_files(
             "ood": str(ood) if ood is not None else "default",
             "stream": steps,
             "version": (version + len(incoming)) if isinstance(version, int) else None,
+            "class_support": support,
         },
     )
     bid = save_bundle(model, manifest, out_path)

@@ -35,6 +35,7 @@ from central.stream import Stream, heatmap, set_threads, train_devices, write_js
 from edge_agent.audio.frontend import AudioFrontend
 from edge_agent.bundle import Bundle, load_bundle
 from edge_agent.data.kws_streams import write_kws_stream
+from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource, open_ood
 from edge_agent.data.speech import load_speech_commands
 from edge_agent.data.speech_synth import CORE_WORDS, write_speech_dataset
@@ -71,10 +72,23 @@ def synthetic_speech(data: Path, seed: int = 0, log: Callable[[str], None] = pri
     return data
 
 
-def kws_stream(data: Path, folder: Path, kind: str, frontend: AudioFrontend, n_devices: int = N_DEVICES) -> Stream:
-    """Write the device folders of a ``domain`` or ``class`` stream and load every test split."""
-    folders = write_kws_stream(data, folder, kind=kind, n_devices=n_devices)
+def kws_stream(
+    data: Path,
+    folder: Path,
+    kind: str,
+    frontend: AudioFrontend,
+    n_devices: int = N_DEVICES,
+    split: str = "testing",
+    write: bool = True,
+) -> Stream:
+    """Write the device folders of a ``domain`` or ``class`` stream and load every ``split`` (testing or validation).
+
+    ``write=False`` reads folders an earlier call wrote (parallel readers must not rewrite them).
+    """
+    if write:
+        write_kws_stream(data, folder, kind=kind, n_devices=n_devices)
     meta = json.loads((folder / "stream.json").read_text())
+    folders = [folder / d["folder"] for d in meta["devices"]]
     experiences = []
     for i, (path, d) in enumerate(zip(folders, meta["devices"], strict=True)):
         words = d.get("words", meta["words"])
@@ -87,8 +101,11 @@ def kws_stream(data: Path, folder: Path, kind: str, frontend: AudioFrontend, n_d
                 "clips": d["clips"],
             }
         )
-    test_by_exp = [load_speech_commands(p, frontend, split="testing") for p in folders]
-    test = load_speech_commands(folder / "test", frontend, split="testing")
+    test_by_exp = [load_speech_commands(p, frontend, split=split) for p in folders]
+    if split == "testing":
+        test = load_speech_commands(folder / "test", frontend, split="testing")
+    else:
+        test = LabeledSet(torch.cat([t.x for t in test_by_exp]), sum((t.labels for t in test_by_exp), []))
     return Stream(folder, list(meta["words"]), experiences, test, test_by_exp)
 
 
@@ -111,13 +128,14 @@ def consolidate_stream(
     """
     T = len(devices)
     R, R_task = np.zeros((T, T)), np.zeros((T, T))
-    model, classes = base.model, list(base.manifest.trained_classes)
+    model, classes, support = base.model, list(base.manifest.trained_classes), None
     cpu, wall = [], []
     for t, dev in enumerate(devices):
         step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed + t})
         model, classes, timing = consolidate_step(
-            model, classes, dev, ood, method, step_cfg, progress, description=f"{method} {t + 1}/{T}"
+            model, classes, dev, ood, method, step_cfg, progress, f"{method} {t + 1}/{T}", support
         )
+        support = timing["class_support"]
         cpu.append(round(timing["cpu_seconds"], 2))
         wall.append(round(timing["wall_seconds"], 2))
         for j, (e, test) in enumerate(zip(stream.experiences, stream.test_by_exp, strict=True)):

@@ -17,8 +17,8 @@ Entry points: ``torchrun --nproc_per_node N -m central.consolidate ...`` (runs
 :func:`main` on every rank) and :func:`consolidate_distributed` (launches
 torchrun for ``central consolidate --nproc N``).
 
-The per-step logic comes from the method object (its ``make_projectors`` and
-``latent_loss`` hooks and distill.py's ``logit_targets``/``logit_loss``), but
+The per-step logic comes from the method object (its ``make_projectors`` hook
+and its ``loss``, the very function ``Distill.__call__`` calls), but
 the loop skeleton is :class:`DataParallelDistill`'s ``setup/step/finish``: the
 loop in ``Distill.__call__`` is one function, so neither the student's forward
 (to go through DDP) nor the optimizer, scheduler and step counter (to checkpoint
@@ -53,9 +53,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from central import consolidate
-from central.consolidate import known_mask
+from central.consolidate import class_support, known_mask, support_tensor
 from central.methods import ConsolidationConfig, Teacher, get_method
-from central.methods.distill import Distill, logit_loss, logit_targets, reestimate_bn
+from central.methods.distill import Distill, reestimate_bn
 from edge_agent.bundle import Bundle, new_manifest, save_bundle, write_atomic
 from edge_agent.data.ood import OODSource, open_ood
 from edge_agent.models import EdgeModel
@@ -205,7 +205,10 @@ class DataParallelDistill:
     def setup(self, previous: Teacher, incoming: Teacher, ood: OODSource, cfg: ConsolidationConfig) -> RunState:
         """Student, projections, optimizer and generator, in the order ``Distill.__call__`` makes them."""
         dev = self.ctx.device
-        teachers = [Teacher(t.model.to(dev), t.known.to(dev)) for t in (previous, incoming)]
+        teachers = [
+            Teacher(t.model.to(dev), t.known.to(dev), None if t.support is None else t.support.to(dev))
+            for t in (previous, incoming)
+        ]
         for t in teachers:
             t.model.eval()
             t.model.requires_grad_(False)
@@ -230,7 +233,16 @@ class DataParallelDistill:
                 module, device_ids=[dev.index] if dev.type == "cuda" else None, forward_sync_buffers=False
             )
         return RunState(
-            cfg, self.batch_per_rank(cfg), teachers, student, projectors, module, opt, sched, gen, DeviceOOD(ood, dev)
+            cfg,
+            self.batch_per_rank(cfg),
+            teachers,
+            student,
+            projectors,
+            module,
+            opt,
+            sched,
+            gen,
+            self.method.batch_source(DeviceOOD(ood, dev), teachers, cfg),
         )
 
     def step(self, s: RunState) -> dict[str, torch.Tensor]:
@@ -242,11 +254,8 @@ class DataParallelDistill:
         x = s.ood.sample(s.batch_per_rank, s.gen)
         with torch.no_grad():
             outs = [t.model.latent_and_logits(x) for t in s.teachers]
-        z_s, l_s = s.module(x)
-        target, mask = logit_targets(s.teachers, [o[1] for o in outs], cfg.target_norm)
-        kd = logit_loss(l_s, target, mask, cfg)
-        lat = self.method.latent_loss(z_s, [o[0] for o in outs], s.projectors)
-        loss = kd + cfg.pld_weight * lat if self.method.uses_pld else kd
+        labels = getattr(s.ood, "last_labels", None)
+        loss, kd, lat = self.method.loss(s.teachers, outs, s.module(x), s.projectors, cfg, labels)
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         s.opt.step()
@@ -479,7 +488,7 @@ def run_job(
     fp = _fingerprint(job, base, incoming, ctx.world_size)
     ckpt = job.checkpoint_path()
 
-    model, classes = base.model, list(base.manifest.trained_classes)
+    model, classes, support = base.model, list(base.manifest.trained_classes), class_support(base)
     start, done, resumed = 0, [], None
     tensors: dict[str, torch.Tensor] | None = None
     header: dict[str, str] = {}
@@ -501,6 +510,7 @@ def run_job(
         model = copy.deepcopy(base.model)
         model.load_state_dict({k[len("previous.") :]: v for k, v in tensors.items() if k.startswith("previous.")})
         classes, start, done = meta["classes"], meta["position"], meta["done"]
+        support = meta.get("support", {c: 1 for c in classes})
         resumed = {"position": start, "step": int(header["step"])}
 
     for i in range(start, len(incoming)):
@@ -508,16 +518,18 @@ def run_job(
         where.position, where.step = i, 0
         step_cfg = ConsolidationConfig(**{**asdict(job.cfg), "seed": job.cfg.seed + i})  # as consolidate_files
         new_classes = [c for c in labels if c in set(classes) | set(b.manifest.trained_classes)]
+        added = class_support(b)  # the same bookkeeping as consolidate_step
+        new_support = {c: support.get(c, 0) + added.get(c, 0) for c in new_classes}
         t0, w0 = time.process_time(), time.perf_counter()
         if not classes:
             # Nothing consolidated yet: the first device model *is* the central (as consolidate_step).
-            model, classes = copy.deepcopy(b.model), new_classes
+            model, classes, support = copy.deepcopy(b.model), new_classes, new_support
             done.append(
                 {"incoming": b.id, "classes": b.manifest.trained_classes, "cpu_seconds": 0.0, "wall_seconds": 0.0}
             )
             continue
-        previous = Teacher(model, known_mask(labels, classes))
-        inc = Teacher(b.model, known_mask(labels, b.manifest.trained_classes))
+        previous = Teacher(model, known_mask(labels, classes), support_tensor(labels, support))
+        inc = Teacher(b.model, known_mask(labels, b.manifest.trained_classes), support_tensor(labels, added))
         s = runner.setup(previous, inc, source, step_cfg)
         fresh = True
         if tensors is not None and i == start:
@@ -525,7 +537,7 @@ def run_job(
             tensors = None
             fresh = False  # the checkpoint at this step is the one just read
         first_step, train_wall = s.step, time.perf_counter()
-        meta = {"fingerprint": fp, "position": i, "classes": classes, "done": list(done)}
+        meta = {"fingerprint": fp, "position": i, "classes": classes, "support": support, "done": list(done)}
         with make_progress(progress and ctx.is_writer) as bar:
             task = bar.add_task(
                 f"consolidate {i + 1}/{len(incoming)} x{ctx.world_size}",
@@ -548,7 +560,7 @@ def run_job(
             torch.cuda.synchronize(ctx.device)
         train_wall = time.perf_counter() - train_wall
         model = runner.finish(s)
-        classes = new_classes
+        classes, support = new_classes, new_support
         steps_run = s.step - first_step
         done.append(
             {
@@ -587,6 +599,7 @@ def run_job(
             "ood": str(job.ood) if job.ood is not None else "default",
             "stream": done,
             "version": (version + len(incoming)) if isinstance(version, int) else None,
+            "class_support": support,
             "distributed": info,
         },
     )

@@ -37,13 +37,25 @@ class Stream:
 
 
 def train_devices(
-    stream: Stream, central0: Path, out: Path, cfg: TrainConfig, progress: bool = True, log=print
+    stream: Stream, central0: Path, out: Path, cfg: TrainConfig, progress: bool = True, log=print, reuse: bool = False
 ) -> list[Bundle]:
-    """Fine-tune one device model per experience from ``central0`` (the same for every method)."""
+    """Fine-tune one device model per experience from ``central0`` (the same for every method).
+
+    ``reuse`` loads a device bundle already in ``out`` when it was trained from this
+    central-0 with this exact ``cfg`` (training is deterministic, so it is the same model).
+    """
     devices = []
+    base_id = load_bundle(central0).id if reuse else None
     for e in stream.experiences:
+        path = out / f"{e['name']}.safetensors"
+        if reuse and path.is_file():
+            old = load_bundle(path)
+            if old.manifest.parents == [base_id] and old.manifest.extra.get("train") == json.loads(json.dumps(asdict(cfg))):
+                log(f"device {e['name']}: reusing {path}")
+                devices.append(old)
+                continue
         t = time.perf_counter()
-        r = train_bundle(central0, e["path"], out / f"{e['name']}.safetensors", cfg, progress=progress)
+        r = train_bundle(central0, e["path"], path, cfg, progress=progress)
         log(
             f"device {e['name']}: classes {', '.join(r['classes'])}, local val accuracy "
             f"{r['metrics'].get('val_accuracy', float('nan')):.3f} ({time.perf_counter() - t:.1f} s)"
@@ -66,13 +78,14 @@ def run_method(
     T = len(devices)
     R = np.zeros((T, T))
     R_task = np.zeros((T, T))
-    model, classes = base.model, list(base.manifest.trained_classes)
+    model, classes, support = base.model, list(base.manifest.trained_classes), None
     cpu = []
     for t, dev in enumerate(devices):
         step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed + t})
         model, classes, timing = consolidate_step(
-            model, classes, dev, ood, method, step_cfg, progress, description=f"{method} {t + 1}/{T}"
+            model, classes, dev, ood, method, step_cfg, progress, f"{method} {t + 1}/{T}", support
         )
+        support = timing["class_support"]
         cpu.append(timing["cpu_seconds"])
         rep = evaluate_model(model, base.labels, stream.test, known=classes, experiences=stream.experiences)
         for j, e in enumerate(stream.experiences):

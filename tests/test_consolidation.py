@@ -96,3 +96,91 @@ def test_distillation_is_deterministic_for_a_seed():
         torch.manual_seed(100 + i)  # the global RNG's history must not matter (projector init)
         runs.append(get_method("dac")(prev, new, NoiseOOD(SPEC), _cfg(seed=3)).state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_support_weighting_makes_the_target_a_running_mean_over_devices():
+    both = torch.ones(4, dtype=torch.bool)
+    prev = Teacher(_model(0), both, support=torch.full((4,), 3.0))  # a central holding 3 devices
+    new = Teacher(_model(1), both)  # one device
+    lp, ln = torch.zeros(1, 4), torch.full((1, 4), 4.0)
+    equal, _ = logit_targets([prev, new], [lp, ln], weighting="equal")
+    support, _ = logit_targets([prev, new], [lp, ln], weighting="support")
+    assert torch.allclose(equal, torch.full((1, 4), 2.0))
+    assert torch.allclose(support, torch.full((1, 4), 1.0))  # (3 * 0 + 1 * 4) / 4
+
+
+def test_average_with_support_weighting_is_a_running_fedavg():
+    both = torch.ones(6, dtype=torch.bool)
+    prev = Teacher(_model(0), both, support=torch.full((6,), 3.0))
+    new = Teacher(_model(1), both, support=torch.ones(6))
+    out = get_method("avg")(prev, new, NoiseOOD(SPEC), _cfg(teacher_weighting="support")).state_dict()
+    sp, sn = prev.model.state_dict(), new.model.state_dict()
+    for k in ("features.0.0.weight", "head.weight", "head.bias"):
+        assert torch.allclose(out[k], 0.75 * sp[k] + 0.25 * sn[k])
+
+
+def test_consolidated_bundles_record_and_use_how_many_devices_back_each_class(tmp_path):
+    from central.consolidate import consolidate_files
+    from edge_agent.bundle import load_bundle, new_manifest, save_bundle
+
+    labels = [str(i) for i in range(6)]
+    paths = []
+    for i in range(4):
+        model = _model(10 + i)
+        classes = labels[:4] if i else []  # bundle 0 plays central-0; 1..3 are domain devices on classes 0-3
+        p = tmp_path / f"b{i}.safetensors"
+        save_bundle(model, new_manifest(model, labels, SPEC, trained_classes=classes), p)
+        paths.append(p)
+    cfg = ConsolidationConfig(steps=1, batch_size=4, teacher_weighting="support")
+    consolidate_files(paths[0], paths[1:3], tmp_path / "c2.safetensors", method="avg", cfg=cfg, progress=False)
+    c2 = load_bundle(tmp_path / "c2.safetensors")
+    assert c2.manifest.extra["class_support"] == {c: 2 for c in labels[:4]}
+    consolidate_files(tmp_path / "c2.safetensors", [paths[3]], tmp_path / "c3.safetensors", method="avg", cfg=cfg, progress=False)
+    c3 = load_bundle(tmp_path / "c3.safetensors")
+    assert c3.manifest.extra["class_support"] == {c: 3 for c in labels[:4]}
+    k = "features.0.0.weight"  # the stored count of 2 is what gives the central 2/3 of the weight
+    d3 = load_bundle(paths[3]).model.state_dict()[k]
+    assert torch.allclose(c3.model.state_dict()[k], (2 * c2.model.state_dict()[k] + d3) / 3, atol=1e-6)
+
+
+def _bn_model(seed: int) -> torch.nn.Module:
+    """A cnn-s whose BatchNorm statistics describe a distinctive data set (bright, low-variance images)."""
+    m = _model(seed)
+    m.train()
+    with torch.no_grad():
+        for _ in range(20):
+            m(0.8 + 0.05 * torch.randn(32, 1, 8, 8))
+    return m.eval()
+
+
+def test_dreaming_pulls_pool_samples_towards_each_teachers_batchnorm_statistics():
+    from central.methods.dream import DreamOOD, _bn_layers, statistics_loss
+
+    prev = Teacher(_bn_model(0), torch.tensor([1, 1, 0, 0, 0, 0], dtype=torch.bool))
+    new = Teacher(_bn_model(1), torch.tensor([0, 0, 1, 1, 0, 0], dtype=torch.bool))
+    src = DreamOOD(NoiseOOD(SPEC), [prev, new], steps=3, lr=0.05, share=0.5, pool_size=16)
+    g = torch.Generator().manual_seed(0)
+    src.sample(8, g)  # builds the pools
+    before = [statistics_loss(t.model, _bn_layers(t.model), p.x)[0].item() for t, p in zip([prev, new], src.pools, strict=True)]
+    for _ in range(60):
+        x = src.sample(8, g)
+    after = [statistics_loss(t.model, _bn_layers(t.model), p.x)[0].item() for t, p in zip([prev, new], src.pools, strict=True)]
+    assert all(a < 0.7 * b for a, b in zip(after, before, strict=True)), (before, after)
+    labels = src.last_labels
+    assert x.shape == (8, 1, 8, 8) and labels.shape == (8,)
+    assert (labels == -1).sum() == 4  # half fresh OOD
+    assert set(labels[labels >= 0].tolist()) <= {0, 1, 2, 3}  # only classes a teacher knows
+
+
+def test_dreamed_labels_add_a_cross_entropy_term_to_the_distillation():
+    prev, new = _teachers()
+    method = get_method("kd")
+    outs = [(torch.zeros(4, 8), torch.zeros(4, 6)), (torch.zeros(4, 8), torch.zeros(4, 6))]
+    student = (torch.zeros(4, 8), torch.zeros(4, 6))
+    plain, _, _ = method.loss([prev, new], outs, student, None, _cfg())
+    labels = torch.tensor([-1, -1, 0, 3])
+    dreamed, _, _ = method.loss([prev, new], outs, student, None, _cfg(dream_ce=1.0), labels)
+    # uniform student logits over the 4 known classes: cross-entropy log(4) on the two labelled samples
+    assert torch.isclose(dreamed - plain, torch.log(torch.tensor(4.0)))
+    student_run = get_method("dac")(_teachers()[0], _teachers()[1], NoiseOOD(SPEC), _cfg(dream_steps=1, steps=2))
+    assert all(torch.isfinite(v).all() for v in student_run.state_dict().values() if v.is_floating_point())

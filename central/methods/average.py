@@ -2,6 +2,8 @@
 
 Head rows are averaged only over the models that know each class, so a class
 one model never learned does not drag the other's classifier towards noise.
+With ``teacher_weighting="support"`` every weight counts devices instead of
+classes (:meth:`Teacher.weights`), which makes the stream a running FedAvg.
 """
 
 import copy
@@ -13,8 +15,8 @@ class Average:
     name = "avg"
 
     def __call__(self, previous, incoming, ood, cfg, progress=None):
-        wp = float(previous.known.sum())
-        wn = float(incoming.known.sum())
+        cp, cn = previous.weights(cfg.teacher_weighting), incoming.weights(cfg.teacher_weighting)
+        wp, wn = float(cp.sum()), float(cn.sum())
         a, b = wp / (wp + wn), wn / (wp + wn)
         out = copy.deepcopy(previous.model)
         sp, sn = previous.model.state_dict(), incoming.model.state_dict()
@@ -26,7 +28,8 @@ class Average:
             rows = merged[k]
             rows[incoming.known & ~previous.known] = sn[k][incoming.known & ~previous.known]
             rows[previous.known & ~incoming.known] = sp[k][previous.known & ~incoming.known]
-            rows[both] = 0.5 * (sp[k][both] + sn[k][both])
+            share = (cp[both] / (cp[both] + cn[both])).reshape(-1, *([1] * (rows.dim() - 1)))
+            rows[both] = share * sp[k][both] + (1 - share) * sn[k][both]
         out.load_state_dict(merged)
         return out
 

@@ -18,6 +18,17 @@ class Teacher:
 
     model: EdgeModel
     known: torch.Tensor  # bool [num_classes]
+    # float [num_classes]: how many device models stand behind each known class (the
+    # previous central after k domain devices holds k); None means one per known class.
+    support: torch.Tensor | None = None
+
+    def weights(self, mode: str) -> torch.Tensor:
+        """Per-class weight of this teacher's logits in the target: ``equal`` (1 where known) or ``support``."""
+        if mode == "equal" or self.support is None:
+            return self.known.float()
+        if mode == "support":
+            return self.support.float() * self.known
+        raise ValueError(f"unknown teacher weighting {mode!r} (equal or support)")
 
 
 @dataclass
@@ -36,10 +47,37 @@ class ConsolidationConfig:
     temperature: float = 4.0
     student_init: str = "previous"  # "previous" central or "average" of previous and incoming
     target_norm: str = "none"  # "none" or "centre": per-teacher centring of logits before averaging
+    # "equal": per class, the mean over the teachers that know it; "support": weighted by how
+    # many devices each teacher holds for that class, i.e. a running mean over devices.
+    teacher_weighting: str = "equal"
     pld_weight: float = 1.0
     projector: str = "linear"  # "linear" or "mlp"
+    # DeepInversion-style inputs (central/methods/dream.py): Adam steps on each OOD batch towards
+    # the teachers' BatchNorm statistics; 0 uses the augmented OOD batch as it is.
+    dream_steps: int = 0
+    dream_lr: float = 0.1
+    dream_share: float = 0.5  # fraction of each batch drawn from the dreamed pools
+    dream_ce: float = 1.0  # weight of cross-entropy on the class each dreamed sample was pulled towards
     bn_mode: str = "train"  # "train": batch stats + update; "frozen": eval-mode BN; "reestimate": train, then re-estimate
     extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Fail early, with the accepted values, on a setting no method understands."""
+        choices = {
+            "logit_loss": ("mse", "kl"),
+            "student_init": ("previous", "average"),
+            "target_norm": ("none", "centre"),
+            "teacher_weighting": ("equal", "support"),
+            "projector": ("linear", "mlp"),
+            "bn_mode": ("train", "frozen", "reestimate"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.dream_steps < 0:
+            raise ValueError("steps and batch size must be at least 1, dream steps at least 0")
+        if not 0 < self.dream_share < 1:
+            raise ValueError(f"dream share must be between 0 and 1, not {self.dream_share}")
 
 
 class Method(Protocol):

@@ -20,24 +20,29 @@ from central.methods.base import ConsolidationConfig, Teacher, get_method, regis
 
 
 def logit_targets(
-    teachers: list[Teacher], logits: list[torch.Tensor], norm: str = "none"
+    teachers: list[Teacher], logits: list[torch.Tensor], norm: str = "none", weighting: str = "equal"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean of the logits of the teachers that know the class; returns (targets, known mask).
+    """Per-class weighted mean of the logits of the teachers that know the class; returns (targets, known mask).
+
+    ``weighting="equal"`` gives every teacher that knows a class the same weight;
+    ``"support"`` weights it by the number of devices behind it (:meth:`Teacher.weights`),
+    so after k domain devices the previous central counts k times and the new device once.
 
     ``norm="centre"`` first subtracts, per sample, each teacher's mean logit over the
     classes it knows: a masked-CE device only ever learned logit *differences*, so its
     mean level is arbitrary and must not decide which task wins the argmax.
     """
     known = torch.stack([t.known for t in teachers]).float()  # [K, C]
+    weight = torch.stack([t.weights(weighting) for t in teachers])  # [K, C]
     stacked = torch.stack(logits)  # [K, B, C]
     if norm == "centre":
         mean = (stacked * known[:, None, :]).sum(-1, keepdim=True) / known.sum(-1).clamp(min=1)[:, None, None]
         stacked = stacked - mean
     elif norm != "none":
         raise ValueError(f"unknown target normalisation {norm!r} (none or centre)")
-    count = known.sum(0)
-    target = (stacked * known[:, None, :]).sum(0) / count.clamp(min=1)
-    return target, count > 0
+    total = weight.sum(0)
+    target = (stacked * weight[:, None, :]).sum(0) / total.clamp(min=1e-12)
+    return target, total > 0
 
 
 def logit_loss(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cfg: ConsolidationConfig) -> torch.Tensor:
@@ -78,16 +83,14 @@ class Distill:
         opt = torch.optim.Adam(params, lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
         g = torch.Generator().manual_seed(cfg.seed)
+        ood = self.batch_source(ood, teachers, cfg)
         student.train(cfg.bn_mode != "frozen")
         for step in range(cfg.steps):
             x = ood.sample(cfg.batch_size, g)
             with torch.no_grad():
                 outs = [t.model.latent_and_logits(x) for t in teachers]
-            z_s, l_s = student.latent_and_logits(x)
-            target, mask = logit_targets(teachers, [o[1] for o in outs], cfg.target_norm)
-            kd = logit_loss(l_s, target, mask, cfg)
-            lat = self.latent_loss(z_s, [o[0] for o in outs], projectors)
-            loss = kd + cfg.pld_weight * lat if self.uses_pld else kd
+            labels = getattr(ood, "last_labels", None)
+            loss, kd, lat = self.loss(teachers, outs, student.latent_and_logits(x), projectors, cfg, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -111,6 +114,31 @@ class Distill:
         if cfg.student_init == "average":
             return get_method("avg")(previous, incoming, ood, cfg)
         raise ValueError(f"unknown student_init {cfg.student_init!r} (previous or average)")
+
+    def loss(self, teachers, teacher_outs, student_out, projectors, cfg: ConsolidationConfig, labels=None):
+        """(total, logit, latent) losses of one batch; the distributed runner calls this same function.
+
+        ``labels`` (dreamed batches only, :mod:`central.methods.dream`): the class each sample
+        was dreamed towards, -1 for plain OOD samples; adds ``cfg.dream_ce`` x cross-entropy on them.
+        """
+        z_s, l_s = student_out
+        target, mask = logit_targets(teachers, [o[1] for o in teacher_outs], cfg.target_norm, cfg.teacher_weighting)
+        kd = logit_loss(l_s, target, mask, cfg)
+        lat = self.latent_loss(z_s, [o[0] for o in teacher_outs], projectors)
+        total = kd + cfg.pld_weight * lat if self.uses_pld else kd
+        if labels is not None and cfg.dream_ce > 0 and bool((labels >= 0).any()):
+            dreamed = labels >= 0
+            position = mask.long().cumsum(0) - 1  # class index -> index among the known classes
+            total = total + cfg.dream_ce * F.cross_entropy(l_s[dreamed][:, mask], position[labels[dreamed]])
+        return total, kd, lat
+
+    def batch_source(self, ood, teachers: list[Teacher], cfg: ConsolidationConfig):
+        """Where each step's inputs come from: the OOD source, or it dreamed towards the teachers (``dream_steps``)."""
+        if cfg.dream_steps <= 0:
+            return ood
+        from central.methods.dream import DreamOOD
+
+        return DreamOOD(ood, teachers, cfg.dream_steps, cfg.dream_lr, cfg.dream_share)
 
     def make_projectors(self, student, teachers, cfg) -> nn.ModuleList:
         return nn.ModuleList()
