@@ -23,7 +23,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from edge_agent.train import TrainConfig, fine_tune, load_local_data, masked_acc
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("naive", "avg", "kd", "dac")
+BOUNDS = ("ensemble", "joint")
 
 
 @dataclass
@@ -53,10 +54,13 @@ class StreamSetup:
     base_path: Path
     train: TrainConfig  # device fine-tuning
     ood: str | None  # OOD source given to open_ood (None: the bundled default)
+    consolidation: dict = field(default_factory=dict)  # this stream's ConsolidationConfig defaults
 
 
-def load_stream(name: str, work: Path, seed: int, split: str = "test") -> StreamSetup:
+def load_stream(name: str, work: Path, seed: int, split: str = "test", write: bool = True) -> StreamSetup:
     """Build a stream and its central-0 for ``seed``; ``split`` is ``test`` or ``val``.
+
+    ``write=False`` reads the data an earlier call wrote (the seed workers run in parallel).
 
     Image streams are written here; audio streams (``kws-domain``, ``kws-class``)
     come from :mod:`edge_agent.data.kws_streams` on a synthetic speech dataset.
@@ -76,26 +80,27 @@ def load_stream(name: str, work: Path, seed: int, split: str = "test") -> Stream
         stream = Stream(work / "data", meta["labels"], exps, test)
         return StreamSetup(name, stream, "cnn-s", base, base_path, TrainConfig(epochs=30, seed=seed), None)
     if name in ("kws-domain", "kws-class"):
-        return _kws_stream(name, work, seed, split)
+        return _kws_stream(name, work, seed, split, write)
     raise ValueError(f"unknown stream {name!r} (split-digits, kws-domain, kws-class)")
 
 
-def _kws_stream(name: str, work: Path, seed: int, split: str) -> StreamSetup:
+def _kws_stream(name: str, work: Path, seed: int, split: str, write: bool) -> StreamSetup:
     # The audio streams are built exactly as the audio demo builds them (one source of truth).
     from central.demo_audio import BATCH_SIZE, DEVICE_EPOCHS, DEVICE_LR, kws_stream, synthetic_speech
     from edge_agent.audio.frontend import AudioFrontend
     from edge_agent.data.speech_synth import CORE_WORDS
 
-    if split != "test":
-        raise ValueError("kws streams report on their test lists only")
     data = synthetic_speech(work / "speech", seed=0, log=lambda *a: None)
     base_path = work / f"{name}-central-0-seed{seed}.safetensors"
     if not base_path.exists():
         init_central("ds-cnn", list(CORE_WORDS), base_path, seed=seed)
     base = load_bundle(base_path)
-    stream = kws_stream(data, work / name, name.split("-", 1)[1], AudioFrontend.from_dict(base.input_spec.frontend))
+    frontend = AudioFrontend.from_dict(base.input_spec.frontend)
+    lists = {"test": "testing", "val": "validation"}[split]  # each device's own held-out speakers
+    stream = kws_stream(data, work / name, name.split("-", 1)[1], frontend, split=lists, write=write)
     train = TrainConfig(epochs=DEVICE_EPOCHS, lr=DEVICE_LR, batch_size=BATCH_SIZE, seed=seed)  # the audio demo's
-    return StreamSetup(name, stream, "ds-cnn", base, base_path, train, None)
+    # The audio demo's consolidation budget: ds-cnn steps cost ~4x cnn-s ones on CPU.
+    return StreamSetup(name, stream, "ds-cnn", base, base_path, train, None, {"steps": 200, "batch_size": BATCH_SIZE})
 
 
 def experience_test(setup: StreamSetup, j: int) -> LabeledSet:
@@ -199,11 +204,14 @@ def consolidate_stream(
 
     T = len(devices)
     R, R_task = np.zeros((T, T)), np.zeros((T, T))
-    model, classes = setup.base.model, list(setup.base.manifest.trained_classes)
+    model, classes, support = setup.base.model, list(setup.base.manifest.trained_classes), None
     models, cpu = [], []
     for t, dev in enumerate(devices):
         step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed * 1000 + t})
-        model, classes, timing = consolidate_step(model, classes, dev, ood, method, step_cfg, progress=False)
+        model, classes, timing = consolidate_step(
+            model, classes, dev, ood, method, step_cfg, progress=False, current_support=support
+        )
+        support = timing["class_support"]
         models.append(model)
         cpu.append(timing["cpu_seconds"])
         R[t], R_task[t] = evaluate_row(setup, model, classes)
@@ -249,23 +257,35 @@ def profile_consolidation(devices: list[Bundle], ood: OODSource, cfg: Consolidat
 
 
 def run_seed(
-    setup: StreamSetup, ood: OODSource, cfg: ConsolidationConfig, work: Path, ft_epochs: int, log, methods=METHODS
+    setup: StreamSetup,
+    ood: OODSource,
+    cfg: ConsolidationConfig,
+    work: Path,
+    ft_epochs: int,
+    log,
+    methods=METHODS + BOUNDS,
+    reuse: bool = False,
 ) -> dict:
     """One seed: device models, every method on them, the upper bounds and forward transfer."""
     quiet = lambda *a, **k: None  # noqa: E731
-    devices = train_devices(setup.stream, setup.base_path, work / f"devices-seed{cfg.seed}", setup.train, False, quiet)
+    devices = train_devices(
+        setup.stream, setup.base_path, work / f"devices-seed{cfg.seed}", setup.train, False, quiet, reuse=reuse
+    )
     out: dict = {}
-    for m in methods:
+    for m in [m for m in methods if m in METHODS]:
         r, models = consolidate_stream(setup, devices, ood, m, cfg, log)
         r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if ft_epochs > 0 and m in ("naive", "dac"):
             r["forward_transfer"] = forward_transfer(setup, models, ft_epochs)
         out[m] = r
     out["profile"] = profile_consolidation(devices, ood, cfg)
-    out["ensemble"] = ensemble_oracle(setup, devices)
-    out["joint"] = joint_training(setup)
-    out["joint"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    log(f"  ensemble: {out['ensemble']['final_avg_acc']:.3f}   joint: {out['joint']['final_avg_acc']:.3f}")
+    if "ensemble" in methods:
+        out["ensemble"] = ensemble_oracle(setup, devices)
+        log(f"  ensemble: {out['ensemble']['final_avg_acc']:.3f}")
+    if "joint" in methods:
+        out["joint"] = joint_training(setup)
+        out["joint"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        log(f"     joint: {out['joint']['final_avg_acc']:.3f}")
     return out
 
 
@@ -394,13 +414,25 @@ def markdown(report: dict) -> str:
 
 
 def _seed_job(job: tuple) -> dict:
-    stream, work, seed, split, cfg, ft_epochs, quiet = job
+    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse = job
     torch.set_num_threads(1)
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if quiet else print
-    setup = load_stream(stream, work, seed, split)
+    setup = load_stream(stream, work, seed, split, write=False)
     log(f"seed {seed}: {stream}, {len(setup.stream.experiences)} devices, {len(setup.stream.test)} {split} samples")
     ood = open_ood(setup.ood, setup.base.input_spec)
-    return run_seed(setup, ood, ConsolidationConfig(**{**asdict(cfg), "seed": seed}), work, ft_epochs, log)
+    return run_seed(setup, ood, ConsolidationConfig(**{**asdict(cfg), "seed": seed}), work, ft_epochs, log, methods, reuse)
+
+
+def config_overrides(pairs: list[str]) -> dict:
+    """``["steps=1000", "teacher_weighting=support"]`` -> typed ConsolidationConfig fields."""
+    types = {f.name: type(f.default) for f in fields(ConsolidationConfig) if f.name != "extra"}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(types))}")
+        out[key] = types[key](value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -414,12 +446,37 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS + BOUNDS),
+        help="comma-separated subset of " + ", ".join(METHODS + BOUNDS) + " (default: all)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a ConsolidationConfig field, e.g. --set teacher_weighting=support (repeatable)",
+    )
+    ap.add_argument(
+        "--reuse-devices", action="store_true", help="load device models already in --work (same central-0 and recipe)"
+    )
+    ap.add_argument("--tag", default="", help="suffix of the result files (side experiments)")
     args = ap.parse_args(argv)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = set(methods) - set(METHODS + BOUNDS)
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(sorted(unknown))}")
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only add contention
     t0 = time.perf_counter()
-    cfg = ConsolidationConfig() if args.steps is None else ConsolidationConfig(steps=args.steps)
-    load_stream(args.stream, args.work, 0, args.split)  # write the data once, before any worker reads it
-    jobs = [(args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json) for seed in range(args.seeds)]
+    # Write the data once, before any worker reads it; the stream sets its own consolidation defaults.
+    first = load_stream(args.stream, args.work, 0, args.split)
+    over = first.consolidation | ({} if args.steps is None else {"steps": args.steps}) | config_overrides(args.set)
+    cfg = ConsolidationConfig(**over)
+    jobs = [
+        (args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json, methods, args.reuse_devices)
+        for seed in range(args.seeds)
+    ]
     if args.jobs > 1:
         # One process per seed, one torch thread each: seeds are independent and the models are small.
         from concurrent.futures import ProcessPoolExecutor
@@ -428,9 +485,9 @@ def main(argv: list[str] | None = None) -> dict:
             per_seed = list(pool.map(_seed_job, jobs))
     else:
         per_seed = [_seed_job(j) for j in jobs]
-    setup = load_stream(args.stream, args.work, 0, args.split)
+    setup = load_stream(args.stream, args.work, 0, args.split, write=False)
     methods = aggregate(per_seed)
-    stem = f"dcl-{args.stream}" + ("" if args.split == "test" else f"-{args.split}")
+    stem = f"dcl-{args.stream}" + ("" if args.split == "test" else f"-{args.split}") + (f"-{args.tag}" if args.tag else "")
     report = {
         "stream": args.stream,
         "split": args.split,
