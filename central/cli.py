@@ -68,7 +68,7 @@ def consolidate(
             help="equal: each teacher that knows a class counts once; support: by how many devices stand behind it "
             "(a running mean over devices, recorded in the bundle)"
         ),
-    ] = "equal",
+    ] = "support",
     dream_steps: Annotated[
         int,
         typer.Option(
