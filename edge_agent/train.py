@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
 from edge_agent.data.labeled import DataError, LabeledSet
+from edge_agent.optim import AdamCosine
 from edge_agent.progress import make_progress
 
 
@@ -104,13 +105,13 @@ def fine_tune(
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     model = bundle.model
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = max(1, (len(x) + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    # Adam and cosine decay as torch.optim computes them, without importing torch.optim (see edge_agent.optim).
+    opt = AdamCosine(model.parameters(), lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     start_epoch = 0
     fp = _fingerprint(bundle, data, cfg)
     if checkpoint is not None and checkpoint.exists():
-        start_epoch = _load_checkpoint(checkpoint, fp, model, opt, sched, g)
+        start_epoch = _load_checkpoint(checkpoint, fp, model, opt, g)
 
     loss_val = float("nan")
     with make_progress(progress) as bar:
@@ -125,10 +126,9 @@ def fine_tune(
                     continue
                 logits = model(_shift(x[idx], cfg.shift, g))
                 loss = F.cross_entropy(logits[:, own_idx], remap[y[idx]])
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss.backward()
                 opt.step()
-                sched.step()
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
             loss_val = total / max(count, 1)
@@ -136,7 +136,7 @@ def fine_tune(
                 raise DataError("training diverged (loss is NaN): try a lower --lr")
             bar.update(task, advance=1, info=f"loss {loss_val:.4f}")
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, fp, epoch + 1, model, opt, sched, g)
+                _save_checkpoint(checkpoint, fp, epoch + 1, model, opt, g)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
                 raise Interrupted(f"stopped after epoch {epoch + 1}")
 
@@ -149,27 +149,19 @@ def fine_tune(
     return model, metrics
 
 
-def _save_checkpoint(path: Path, fp: str, epoch: int, model, opt, sched, g: torch.Generator) -> None:
+def _save_checkpoint(path: Path, fp: str, epoch: int, model, opt: AdamCosine, g: torch.Generator) -> None:
     tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    state = opt.state_dict()
-    for pid, s in state["state"].items():
-        for k, v in s.items():
-            tensors[f"opt.{pid}.{k}"] = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    tensors |= {f"opt.{k}": v.detach().clone().contiguous() for k, v in opt.state_tensors().items()}
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.gen"] = g.get_state()
-    # param_groups carry the current (cosine-decayed) learning rate the scheduler builds on.
-    meta = {
-        "fingerprint": fp,
-        "epoch": str(epoch),
-        "sched": json.dumps(sched.state_dict()),
-        "param_groups": json.dumps(state["param_groups"]),
-    }
+    # The current (cosine-decayed) learning rate is what the next decay step builds on: kept exactly (repr).
+    meta = {"fingerprint": fp, "epoch": str(epoch), "lr": repr(opt.lr), "lr_steps": str(opt.steps)}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, fp: str, model, opt, sched, g: torch.Generator) -> int:
+def _load_checkpoint(path: Path, fp: str, model, opt: AdamCosine, g: torch.Generator) -> int:
     from safetensors import safe_open
 
     try:
@@ -182,15 +174,12 @@ def _load_checkpoint(path: Path, fp: str, model, opt, sched, g: torch.Generator)
         raise DataError(
             f"checkpoint {path} belongs to another run (model, data or settings differ): delete it to start over"
         )
+    if "lr" not in meta:
+        raise DataError(f"checkpoint {path} was written by an older edge-agent: delete it to start over")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = opt.state_dict()
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state["state"].setdefault(int(pid), {})[name] = v
-    state["param_groups"] = json.loads(meta["param_groups"])
-    opt.load_state_dict(state)
-    sched.load_state_dict(json.loads(meta["sched"]))
+    opt.load_state_tensors(
+        {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, lr=float(meta["lr"]), steps=int(meta["lr_steps"])
+    )
     torch.set_rng_state(tensors["rng.torch"])
     g.set_state(tensors["rng.gen"])
     return int(meta["epoch"])

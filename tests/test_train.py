@@ -1,4 +1,4 @@
-"""Device training: masked logits, label checks, determinism, resume after an interruption."""
+"""Device training: masked logits, label checks, determinism, resume after an interruption, the optimizer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from edge_agent.bundle import load_bundle
 from edge_agent.data.labeled import DataError
+from edge_agent.optim import AdamCosine
 from edge_agent.train import Interrupted, TrainConfig, train_bundle
 
 CFG = TrainConfig(epochs=4, seed=3)
@@ -65,3 +66,33 @@ def test_checkpoint_from_another_run_is_refused(tmp_path, central0, split_digits
         train_bundle(central0, split_digits / "dev3", out, CFG, progress=False, stop_after_epoch=1)
     with pytest.raises(DataError, match="belongs to another run"):
         train_bundle(central0, split_digits / "dev4", out, CFG, progress=False)
+
+
+def test_adam_cosine_is_torch_adam_with_cosine_annealing_bit_for_bit():
+    def run(use_torch: bool) -> tuple[list[torch.Tensor], float]:
+        torch.manual_seed(0)
+        layers = [torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 3)]
+        model = torch.nn.Sequential(*layers)
+        unused = torch.nn.Parameter(torch.ones(2))  # never gets a gradient: left alone by both
+        params, steps, total = [*model.parameters(), unused], 7, 9  # stop before the end: the lr is not 0 yet
+        if use_torch:
+            opt = torch.optim.Adam(params, lr=3e-3)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:
+            opt = AdamCosine(params, lr=3e-3, total_steps=total)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            x = torch.randn(5, 1, 6, 6, generator=g)
+            model(x).square().mean().backward()
+            opt.step()
+            if use_torch:
+                sched.step()
+            opt.zero_grad()
+        lr = opt.param_groups[0]["lr"] if use_torch else opt.lr
+        return [p.detach().clone() for p in params], lr
+
+    ours, ours_lr = run(False)
+    ref, ref_lr = run(True)
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
+    assert ours_lr == ref_lr > 0
+
