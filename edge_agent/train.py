@@ -126,9 +126,11 @@ def fine_tune(
                     continue
                 logits = model(_shift(x[idx], cfg.shift, g))
                 loss = F.cross_entropy(logits[:, own_idx], remap[y[idx]])
-                opt.zero_grad()
                 loss.backward()
                 opt.step()
+                # Drop the gradients now, not before the next backward: the next forward's activations then find
+                # free blocks that the small gradient tensors have not splintered (less heap fragmentation).
+                opt.zero_grad()
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
             loss_val = total / max(count, 1)
