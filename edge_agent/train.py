@@ -62,11 +62,13 @@ def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
-def masked_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
-    """Top-1 accuracy with logits restricted to ``mask`` (the device's own task)."""
+def masked_accuracy(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, batch_size: int = 64
+) -> float:
+    """Top-1 accuracy with logits restricted to ``mask`` (the device's own task), ``batch_size`` inputs at a time."""
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(xb) for xb in x.split(64)])  # small batches: devices have little memory
+        logits = torch.cat([model(xb) for xb in x.split(batch_size)])  # small batches: devices have little memory
     logits = logits.masked_fill(~mask, float("-inf"))
     return float((logits.argmax(1) == y).float().mean())
 
@@ -143,10 +145,11 @@ def fine_tune(
                 raise Interrupted(f"stopped after epoch {epoch + 1}")
 
     metrics = {"train_loss": loss_val, "epochs": cfg.epochs, "n_train": len(x)}
+    # Evaluation batches no larger than the training ones: they fit in memory the training steps already used.
     if val is not None:
-        metrics["val_accuracy"] = masked_accuracy(model, val.x, val.targets(labels), own)
+        metrics["val_accuracy"] = masked_accuracy(model, val.x, val.targets(labels), own, cfg.batch_size)
         metrics["n_val"] = len(val)
-    metrics["train_accuracy"] = masked_accuracy(model, x, y, own)
+    metrics["train_accuracy"] = masked_accuracy(model, x, y, own, cfg.batch_size)
     model.eval()
     return model, metrics
 
