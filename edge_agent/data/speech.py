@@ -160,13 +160,20 @@ def load_speech_commands(
     folder).  Labels are the word folder names.
     """
     frontend = frontend or AudioFrontend()
-    waves, labels = load_waves(root, split, words, frontend.sample_rate, frontend.clip_samples)
-    feats = np.empty((len(waves), *frontend.input_shape), dtype=np.float32)
-    # In chunks: the framed spectra of thousands of clips would not fit in memory at once.
-    # Small chunks: the STFT intermediates are ~0.4 MB per clip, and devices have little memory.
-    for start in range(0, len(waves), 64):
-        feats[start : start + 64] = frontend(waves[start : start + 64])
-    return LabeledSet(torch.from_numpy(feats), labels)
+    clips = list_clips(root, split, words)
+    if not clips:
+        raise DataError(f"split {split!r} of {root} has no clips")
+    feats = np.empty((len(clips), *frontend.input_shape), dtype=np.float32)
+    # Read and featurize 64 clips at a time: only the features (8 KB a clip) are kept, never all the waves
+    # (64 KB a clip); the STFT intermediates are ~0.4 MB per clip, and devices have little memory.
+    chunk = 64
+    waves = np.empty((chunk, frontend.clip_samples), dtype=np.float32)
+    for start in range(0, len(clips), chunk):
+        part = clips[start : start + chunk]
+        for i, (rel, _) in enumerate(part):
+            waves[i] = read_clip(Path(root) / rel, frontend.sample_rate, frontend.clip_samples)
+        feats[start : start + len(part)] = frontend(waves[: len(part)])
+    return LabeledSet(torch.from_numpy(feats), [w for _, w in clips])
 
 
 def load_background_noise(root: str | os.PathLike, sample_rate: int = 16000) -> list[np.ndarray]:
