@@ -14,16 +14,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edge_agent.client.http import CentralClient, CentralError, CentralUnreachable
-from edge_agent.client.kits import KitRejected, active_kit, install_kit
-from edge_agent.client.outbox import Outbox
-from edge_agent.client.pull import pull_model
 from edge_agent.client.state import AgentHome, Enrollment, NotEnrolled
-from edge_agent.client.trust import TrustError
+
+# httpx and cryptography are imported by the commands that talk to the central, not when the app is built:
+# `edge-agent train` on a small device does not pay for them (about 10 MB resident).
+if TYPE_CHECKING:
+    from edge_agent.client.http import CentralClient
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -40,6 +40,10 @@ def _errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from edge_agent.client.http import CentralError, CentralUnreachable
+        from edge_agent.client.kits import KitRejected
+        from edge_agent.client.trust import TrustError
+
         try:
             return fn(*args, **kwargs)
         except CentralUnreachable as e:
@@ -56,12 +60,17 @@ def _errors(fn: Callable) -> Callable:
 
 
 def _client(home: AgentHome) -> CentralClient:
+    from edge_agent.client.http import CentralClient
+
     enr = home.enrollment()
     return CentralClient(enr.server, enr.token)
 
 
 def _deliver(home: AgentHome, client: CentralClient) -> tuple[int, int]:
     """Deliver the outbox; returns (delivered, rejected). Unreachable propagates (exit 75)."""
+    from edge_agent.client.http import CentralUnreachable
+    from edge_agent.client.outbox import Outbox
+
     outbox = Outbox(home.outbox)
     try:
         results = outbox.deliver(client)
@@ -92,6 +101,8 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, help="replace an existing enrolment"),
     ) -> None:
         """Enrol this device with the central and pin the central's signing key."""
+        from edge_agent.client.http import CentralClient
+
         home = AgentHome()
         if home.enrollment_file.exists() and not force:
             _fail(EXIT_USAGE, f"already enrolled ({home.enrollment_file}); use --force to enrol again")
@@ -105,6 +116,8 @@ def register(app: typer.Typer) -> None:
     @_errors
     def pull() -> None:
         """Download the current central model (signed, verified, never older than the one we have)."""
+        from edge_agent.client.pull import pull_model
+
         home = AgentHome()
         with _client(home) as c:
             p = pull_model(c, home)
@@ -119,6 +132,7 @@ def register(app: typer.Typer) -> None:
         """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox)."""
         # torch is imported only when a bundle is really read: enroll/sync stay fast.
         from edge_agent.bundle import load_bundle
+        from edge_agent.client.outbox import Outbox
 
         home = AgentHome()
         load_bundle(file)  # refuse a broken file here, not after it sat in the outbox
@@ -133,6 +147,8 @@ def register(app: typer.Typer) -> None:
     @_errors
     def sync() -> None:
         """Deliver the outbox (each bundle exactly once) and pull the current model."""
+        from edge_agent.client.pull import pull_model
+
         home = AgentHome()
         with _client(home) as c:
             _ok, rej = _deliver(home, c)
@@ -149,6 +165,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0),
     ) -> None:
         """Pull the current model, fine-tune it on local data, upload the result, in one go."""
+        from edge_agent.client.outbox import Outbox
+        from edge_agent.client.pull import pull_model
         from edge_agent.train import TrainConfig, train_bundle
 
         home = AgentHome()
@@ -171,6 +189,8 @@ def register(app: typer.Typer) -> None:
         wait: float = typer.Option(120.0, help="seconds to wait for a kit the central is still building"),
     ) -> None:
         """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure."""
+        from edge_agent.client.kits import install_kit
+
         home = AgentHome()
         with _client(home) as c:
             k = install_kit(c, home, format, version=version, wait_s=wait)
@@ -183,6 +203,9 @@ def register(app: typer.Typer) -> None:
     @_errors
     def status(as_json: bool = typer.Option(False, "--json")) -> None:
         """What this agent has: enrolment, model version, kits, outbox."""
+        from edge_agent.client.kits import active_kit
+        from edge_agent.client.outbox import Outbox
+
         home = AgentHome()
         enr = home.enrollment()
         st = home.state()
