@@ -27,7 +27,9 @@ def train(
     out: Annotated[Path, typer.Option(help="where to write the fine-tuned bundle")],
     epochs: Annotated[int, typer.Option(help="passes over the local data")] = 30,
     lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay)")] = 1e-3,
-    batch_size: Annotated[int, typer.Option()] = 32,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="examples per step (default: 16 for audio models, 32 for images)")
+    ] = None,
     val_fraction: Annotated[float, typer.Option(help="held out per class for the local validation accuracy")] = 0.15,
     seed: Annotated[int, typer.Option(help="same seed, same data, same result")] = 0,
 ) -> None:
@@ -37,8 +39,9 @@ def train(
 
     Example: [bold]edge-agent train --model central-0.safetensors --data dev1/ --out dev1.safetensors --epochs 30 --seed 1[/]
     """
-    from edge_agent.train import Interrupted, TrainConfig, train_bundle
+    from edge_agent.train import Interrupted, TrainConfig, device_batch_size, train_bundle
 
+    batch_size = batch_size or device_batch_size(model)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction)
     try:
         r = train_bundle(model, data, out, cfg)

@@ -1,16 +1,21 @@
-"""Device training: masked logits, label checks, determinism, resume after an interruption, the optimizer."""
+"""Device training: masked logits, label checks, determinism, resume after an interruption, device footprint."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
+from central.create import init_central
 from edge_agent.bundle import load_bundle
 from edge_agent.data.labeled import DataError
 from edge_agent.optim import AdamCosine
-from edge_agent.train import Interrupted, TrainConfig, train_bundle
+from edge_agent.train import DEVICE_BATCH_SIZE, Interrupted, TrainConfig, train_bundle
 
 CFG = TrainConfig(epochs=4, seed=3)
 
@@ -96,3 +101,27 @@ def test_adam_cosine_is_torch_adam_with_cosine_annealing_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
     assert ours_lr == ref_lr > 0
 
+
+def test_device_training_does_not_load_what_a_device_does_not_need(tmp_path):
+    """`edge-agent train` on an audio model: no torch._dynamo or sympy (what using torch.optim pulls in, ~70 MB),
+    no HTTP or crypto stack, no scipy; and audio models train in the device batch size by default."""
+    words = ["no", "yes"]
+    rng = np.random.default_rng(0)
+    for w in words:
+        (tmp_path / "data" / w).mkdir(parents=True)
+        for i in range(3):
+            soundfile.write(tmp_path / "data" / w / f"s{i}_nohash_0.wav", rng.uniform(-0.3, 0.3, 16000), 16000)
+    init_central("ds-cnn", words, tmp_path / "c0.safetensors", seed=0)
+    heavy = ["torch._dynamo", "sympy", "httpx", "cryptography", "scipy"]
+    script = (
+        "import sys\n"
+        "from edge_agent.cli import main\n"
+        "sys.argv = ['edge-agent', 'train', '--model', 'c0.safetensors', '--data', 'data', '--out', 'd.safetensors',"
+        " '--epochs', '1']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]"
+    assert load_bundle(tmp_path / "d.safetensors").manifest.extra["train"]["batch_size"] == DEVICE_BATCH_SIZE["audio"]
