@@ -1,7 +1,9 @@
 """Keyword spotting (issue 3): data-free consolidation of ds-cnn device models, and device cost.
 
 Run:  .venv/bin/python benchmarks/kws.py [--streams domain,class] [--steps 500] [--batch-size 64]
-      .venv/bin/python benchmarks/kws.py --only device-cost
+      .venv/bin/python benchmarks/kws.py --only device-cost --tag cost
+      .venv/bin/python benchmarks/kws.py --merge benchmarks/results/kws.json benchmarks/results/kws-cost.json
+      (the last adds a new device-cost run to the committed results; the previous one is kept as an earlier run)
 
 1. Accuracy.  For each stream (``domain``: five devices, same ten words, new
    accents; ``class``: five devices, two new words each) on the synthetic
@@ -178,6 +180,13 @@ def time_v(cmd: list[str], cwd: Path) -> dict:
     }
 
 
+def git_commit() -> str:
+    """The commit the measured code is at (``+dirty`` with uncommitted changes under edge_agent/)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "edge_agent"], cwd=REPO).returncode != 0
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def device_cost(work: Path, data: Path, args) -> dict:
     """Peak memory and throughput of the real ``edge-agent train`` CLI on one domain device."""
     central0 = work / "central-0.safetensors"
@@ -195,11 +204,14 @@ def device_cost(work: Path, data: Path, args) -> dict:
                "--out", str(work / f"cost-{epochs}.safetensors"), "--epochs", str(epochs)]  # fmt: skip
         runs[epochs] = time_v(cmd, work)
         runs[epochs]["epochs"] = epochs
-    n_train = load_bundle(work / "cost-1.safetensors").manifest.metrics["n_train"]
+    manifest = load_bundle(work / "cost-1.safetensors").manifest
+    n_train = manifest.metrics["n_train"]
     a, b = runs[1], runs[1 + args.cost_epochs]
     clips = n_train * args.cost_epochs
     out["train_runs"] = list(runs.values())
     out["n_train_clips"] = n_train
+    out["batch_size"] = manifest.extra["train"]["batch_size"]  # the CLI's default for audio models
+    out["code"] = git_commit()
     out["train_clips_per_second_wall"] = round(clips / max(b["wall_seconds"] - a["wall_seconds"], 1e-9), 1)
     out["train_clips_per_cpu_second"] = round(clips / max(b["cpu_seconds"] - a["cpu_seconds"], 1e-9), 1)
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs.values())
@@ -271,7 +283,8 @@ def markdown(report: dict) -> str:
             "",
             "## Device cost of `edge-agent train` (ds-cnn, one domain device)",
             "",
-            f"Measured with `/usr/bin/time -v` on the installed CLI, {c['n_train_clips']} training clips.",
+            f"Measured with `/usr/bin/time -v` on the installed CLI (code: {c.get('code', '?')}), "
+            f"{c['n_train_clips']} training clips in batches of {c.get('batch_size', 32)}.",
             "",
             "| what | peak RSS (MB) | wall s | CPU s | load avg |",
             "|---|---|---|---|---|",
@@ -289,8 +302,22 @@ def markdown(report: dict) -> str:
             "",
             f"Peak RSS {c['peak_rss_mb']} MB against the 400 MB target: **{'met' if c['peak_rss_target_met'] else 'missed'}**. "
             f"Training throughput (difference of the two runs): {c['train_clips_per_second_wall']} clips/s wall, "
-            f"{c['train_clips_per_cpu_second']} clips per CPU second.",
+            f"{c['train_clips_per_cpu_second']} clips per CPU second." + (f" {c['note']}" if c.get("note") else ""),
         ]
+    if report.get("device_cost_earlier"):
+        lines += [
+            "",
+            "Earlier runs of the same measurement (newest first):",
+            "",
+            "| code | batch | peak RSS (MB) | clips/s wall | clips per CPU s | load avg | note |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for e in report["device_cost_earlier"]:
+            lines.append(
+                f"| {e.get('code', '?')} | {e.get('batch_size', 32)} | {e['peak_rss_mb']} | "
+                f"{e['train_clips_per_second_wall']} | {e['train_clips_per_cpu_second']} | "
+                f"{max(r['load_average'] for r in e['train_runs'])} | {e.get('note', '')} |"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -323,12 +350,21 @@ def main() -> None:
     ap.add_argument("--only", choices=["accuracy", "device-cost"], default=None)
     ap.add_argument("--cost-epochs", type=int, default=4, help="extra epochs of the second timed train run")
     ap.add_argument("--tag", default="", help="suffix of the result files (side experiments)")
-    ap.add_argument("--merge", nargs="*", type=Path, help="combine result JSONs of separate runs into kws.json/.md")
+    ap.add_argument(
+        "--merge",
+        nargs="*",
+        type=Path,
+        help="combine result JSONs of separate runs into kws.json/.md (a merged kws.json first: add to it)",
+    )
     args = ap.parse_args()
     if args.merge:
         merged: dict = {"parts": []}
         for path in args.merge:
             part = json.loads(path.read_text())
+            if "parts" in part:  # an earlier merge (e.g. the committed kws.json): the base to add new parts to
+                earlier = part.get("device_cost_earlier", [])
+                merged = {**part, "device_cost_earlier": earlier if isinstance(earlier, list) else [earlier]}
+                continue
             merged["parts"].append({"command": part["command"], "wall_seconds": part["wall_seconds"]})
             if part["args"].get("tag", "").startswith("fix-"):
                 # An attempt at the domain target: listed, not mixed into the main results.
@@ -338,6 +374,8 @@ def main() -> None:
                     )
                 continue
             merged.setdefault("streams", {}).update(part.get("streams", {}))
+            if "device_cost" in part and "device_cost" in merged:  # a newer measurement: the older one is kept
+                merged.setdefault("device_cost_earlier", []).insert(0, merged["device_cost"])
             for key in ("machine", "torch", "args", "device_cost"):
                 if key in part and (key not in merged or key == "device_cost"):
                     merged[key] = part[key]
