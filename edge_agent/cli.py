@@ -39,9 +39,8 @@ def train(
 
     Example: [bold]edge-agent train --model central-0.safetensors --data dev1/ --out dev1.safetensors --epochs 30 --seed 1[/]
     """
-    from edge_agent.train import Interrupted, TrainConfig, device_batch_size, train_bundle
+    from edge_agent.train import Interrupted, TrainConfig, train_bundle
 
-    batch_size = batch_size or device_batch_size(model)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction)
     try:
         r = train_bundle(model, data, out, cfg)

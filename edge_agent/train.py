@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from edge_agent.progress import make_progress
 class TrainConfig:
     epochs: int = 30
     lr: float = 1e-3
-    batch_size: int = 32
+    batch_size: int | None = 32  # None: the device default for the model's input kind (see train_bundle)
     seed: int = 0
     val_fraction: float = 0.15
     shift: int = 1  # random translation in pixels/frames (light augmentation); 0 disables
@@ -43,16 +43,6 @@ class TrainConfig:
 # 0-2: local validation accuracy 0.89 vs 0.76, its test speakers 0.90 vs 0.76).  Benchmarks and demos set their
 # own TrainConfig and are unaffected.
 DEVICE_BATCH_SIZE = {"audio": 16}
-
-
-def device_batch_size(model_path: str | Path) -> int:
-    """The batch size ``edge-agent train`` uses for the bundle at ``model_path`` when none is given."""
-    from edge_agent.bundle import read_manifest
-
-    path = Path(model_path)
-    if not path.is_file():
-        return TrainConfig.batch_size  # train_bundle reports the missing bundle
-    return DEVICE_BATCH_SIZE.get(read_manifest(path.read_bytes()).input_spec.kind, TrainConfig.batch_size)
 
 
 class Interrupted(RuntimeError):
@@ -233,10 +223,13 @@ def train_bundle(
     """Fine-tune the bundle at ``model_path`` on ``data_dir``; write the new bundle to ``out_path``.
 
     Returns ``{"id", "out", "classes", "metrics"}``. The checkpoint lives next to
-    ``out_path`` until training completes.
+    ``out_path`` until training completes. ``cfg.batch_size=None`` takes
+    :data:`DEVICE_BATCH_SIZE` for the bundle's input kind (what the device CLIs pass).
     """
     cfg = cfg or TrainConfig()
     bundle = load_bundle(model_path)
+    if cfg.batch_size is None:
+        cfg = replace(cfg, batch_size=DEVICE_BATCH_SIZE.get(bundle.input_spec.kind, TrainConfig.batch_size))
     data = load_local_data(data_dir, bundle, split="train")
     out_path = Path(out_path)
     checkpoint = out_path.with_name(out_path.name + ".ckpt")

@@ -167,14 +167,14 @@ def register(app: typer.Typer) -> None:
         """Pull the current model, fine-tune it on local data, upload the result, in one go."""
         from edge_agent.client.outbox import Outbox
         from edge_agent.client.pull import pull_model
-        from edge_agent.train import TrainConfig, device_batch_size, train_bundle
+        from edge_agent.train import TrainConfig, train_bundle
 
         home = AgentHome()
         with _client(home) as c:
             _deliver(home, c)  # earlier work first: arrival order is consolidation order
             p = pull_model(c, home)
             out = home.trained / f"from-v{p.version}-{time.strftime('%Y%m%dT%H%M%S')}.safetensors"
-            cfg = TrainConfig(epochs=epochs, seed=seed, batch_size=device_batch_size(p.path))
+            cfg = TrainConfig(epochs=epochs, seed=seed, batch_size=None)  # None: the device default for its kind
             info = train_bundle(p.path, data, out, cfg=cfg, progress=sys.stderr.isatty())
             typer.echo(f"trained on {', '.join(info['classes'])} -> {out}")
             Outbox(home.outbox).add(out, p.version)
