@@ -9,22 +9,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.atomic import write_atomic
 from edge_agent.client.trust import Statement, b64
 
 KEY_FILE = "release-key.pem"
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 from the start (no window where it is world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Create ``path`` with mode 0600 from the start (mkstemp's temp file is never world-readable)."""
+    write_atomic(path, data, mode=0o600)
 
 
 class ReleaseSigner:
