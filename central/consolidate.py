@@ -45,6 +45,20 @@ def support_tensor(labels: list[str], support: dict[str, int]) -> torch.Tensor:
     return torch.tensor([float(support.get(c, 0)) for c in labels])
 
 
+def merged_support(
+    labels: list[str], classes: list[str], support: dict[str, int] | None, incoming: Bundle
+) -> tuple[list[str], dict[str, int], dict[str, int]]:
+    """What consolidating ``incoming`` into a central knowing ``classes`` gives.
+
+    Returns (classes known afterwards, in label order; the central's counts, one per class
+    where ``support`` is silent; the counts afterwards).
+    """
+    new_classes = [c for c in labels if c in set(classes) | set(incoming.manifest.trained_classes)]
+    support = {c: 1 for c in classes} | (support or {})
+    added = class_support(incoming)
+    return new_classes, support, {c: support.get(c, 0) + added.get(c, 0) for c in new_classes}
+
+
 def check_compatible(base: Bundle, other: Bundle) -> None:
     """The incoming model must share the central's architecture, label list and input spec."""
     name = other.path.name if other.path else other.id[:12]
@@ -79,10 +93,7 @@ def consolidate_step(
     ``cpu_seconds`` and ``wall_seconds``.
     """
     labels = incoming.labels
-    new_classes = [c for c in labels if c in set(current_classes) | set(incoming.manifest.trained_classes)]
-    support = {c: 1 for c in current_classes} | (current_support or {})
-    added = class_support(incoming)
-    new_support = {c: support.get(c, 0) + added.get(c, 0) for c in new_classes}
+    new_classes, support, new_support = merged_support(labels, current_classes, current_support, incoming)
     t0 = time.process_time()
     w0 = time.perf_counter()
     if not current_classes:
@@ -92,7 +103,8 @@ def consolidate_step(
         model = copy.deepcopy(incoming.model)
     else:
         previous = Teacher(current, known_mask(labels, current_classes), support_tensor(labels, support))
-        inc = Teacher(incoming.model, known_mask(labels, incoming.manifest.trained_classes), support_tensor(labels, added))
+        added = support_tensor(labels, class_support(incoming))
+        inc = Teacher(incoming.model, known_mask(labels, incoming.manifest.trained_classes), added)
         fn = get_method(method)
         with make_progress(progress) as bar:
             task = bar.add_task(description, total=cfg.steps, info="")

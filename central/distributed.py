@@ -53,7 +53,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from central import consolidate
-from central.consolidate import class_support, known_mask, support_tensor
+from central.consolidate import class_support, known_mask, merged_support, support_tensor
 from central.methods import ConsolidationConfig, Teacher, get_method
 from central.methods.distill import Distill, reestimate_bn
 from edge_agent.bundle import Bundle, new_manifest, save_bundle, write_atomic
@@ -510,16 +510,14 @@ def run_job(
         model = copy.deepcopy(base.model)
         model.load_state_dict({k[len("previous.") :]: v for k, v in tensors.items() if k.startswith("previous.")})
         classes, start, done = meta["classes"], meta["position"], meta["done"]
-        support = meta.get("support", {c: 1 for c in classes})
+        support = meta.get("support")  # merged_support counts one per class when absent
         resumed = {"position": start, "step": int(header["step"])}
 
     for i in range(start, len(incoming)):
         b = incoming[i]
         where.position, where.step = i, 0
         step_cfg = ConsolidationConfig(**{**asdict(job.cfg), "seed": job.cfg.seed + i})  # as consolidate_files
-        new_classes = [c for c in labels if c in set(classes) | set(b.manifest.trained_classes)]
-        added = class_support(b)  # the same bookkeeping as consolidate_step
-        new_support = {c: support.get(c, 0) + added.get(c, 0) for c in new_classes}
+        new_classes, support, new_support = merged_support(labels, classes, support, b)  # as consolidate_step
         t0, w0 = time.process_time(), time.perf_counter()
         if not classes:
             # Nothing consolidated yet: the first device model *is* the central (as consolidate_step).
@@ -529,7 +527,7 @@ def run_job(
             )
             continue
         previous = Teacher(model, known_mask(labels, classes), support_tensor(labels, support))
-        inc = Teacher(b.model, known_mask(labels, b.manifest.trained_classes), support_tensor(labels, added))
+        inc = Teacher(b.model, known_mask(labels, b.manifest.trained_classes), support_tensor(labels, class_support(b)))
         s = runner.setup(previous, inc, source, step_cfg)
         fresh = True
         if tensors is not None and i == start:
