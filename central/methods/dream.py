@@ -50,10 +50,13 @@ def statistics_loss(model: nn.Module, layers: list, x: torch.Tensor) -> tuple[to
 
 
 class _Pool:
-    """One teacher's dreamed samples, their target classes, and per-sample Adam moments."""
+    """One teacher's dreamed samples, their target classes, and per-sample Adam moments.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    ``local`` indexes the teacher's known classes, ``y`` the global label list.
+    """
+
+    def __init__(self, x: torch.Tensor, local: torch.Tensor, y: torch.Tensor):
+        self.x, self.local, self.y = x, local, y
         self.m, self.v = torch.zeros_like(x), torch.zeros_like(x)
         self.t = torch.zeros(len(x))
 
@@ -90,13 +93,13 @@ class DreamOOD:
         for t in self.teachers:
             known = t.known.nonzero().flatten()
             x = self.source.sample(self.pool_size, generator)
-            y = known[torch.randint(len(known), (self.pool_size,), generator=generator)].to(x.device)
-            self.pools.append(_Pool(x, y))
+            local = torch.randint(len(known), (self.pool_size,), generator=generator).to(x.device)
+            self.pools.append(_Pool(x, local, known.to(x.device)[local]))
 
     def _refine(self, k: int, idx: torch.Tensor) -> None:
         pool, model = self.pools[k], self.teachers[k].model
         known = self.teachers[k].known.nonzero().flatten().to(pool.x.device)
-        local = (pool.y[idx][:, None] == known[None, :]).float().argmax(1)  # target as an index into `known`
+        local = pool.local[idx]
         x, m, v = pool.x[idx], pool.m[idx], pool.v[idx]
         t = pool.t[idx]
         b1, b2, eps = 0.9, 0.999, 1e-8
