@@ -98,7 +98,7 @@ def _kws_stream(name: str, work: Path, seed: int, split: str, write: bool) -> St
     frontend = AudioFrontend.from_dict(base.input_spec.frontend)
     lists = {"test": "testing", "val": "validation"}[split]  # each device's own held-out speakers
     stream = kws_stream(data, work / name, name.split("-", 1)[1], frontend, split=lists, write=write)
-    train = TrainConfig(epochs=DEVICE_EPOCHS, lr=DEVICE_LR, batch_size=BATCH_SIZE, seed=seed)  # the audio demo's
+    train = TrainConfig(epochs=DEVICE_EPOCHS, lr=DEVICE_LR, seed=seed)  # the audio demo's (device batch size)
     # The audio demo's consolidation budget: ds-cnn steps cost ~4x cnn-s ones on CPU.
     return StreamSetup(name, stream, "ds-cnn", base, base_path, train, None, {"steps": 200, "batch_size": BATCH_SIZE})
 
@@ -417,12 +417,12 @@ def markdown(report: dict) -> str:
 
 
 def _seed_job(job: tuple) -> dict:
-    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse = job
+    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment = job
     torch.set_num_threads(1)
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if quiet else print
     setup = load_stream(stream, work, seed, split, write=False)
     log(f"seed {seed}: {stream}, {len(setup.stream.experiences)} devices, {len(setup.stream.test)} {split} samples")
-    ood = open_ood(setup.ood, setup.base.input_spec)
+    ood = open_ood(setup.ood, setup.base.input_spec, **augment)
     return run_seed(setup, ood, ConsolidationConfig(**{**asdict(cfg), "seed": seed}), work, ft_epochs, log, methods, reuse)
 
 
@@ -435,6 +435,18 @@ def config_overrides(pairs: list[str]) -> dict:
         if not sep or key not in types:
             raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(types))}")
         out[key] = types[key](value)
+    return out
+
+
+def augment_overrides(pairs: list[str]) -> dict:
+    """``["word_p=0.5", "rate=0.8,1.25"]`` -> OOD augmentation options (a comma makes a tuple)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--augment {pair!r}: expected NAME=VALUE, e.g. word_p=0.5")
+        nums = tuple(float(v) if "." in v or "e" in v else int(v) for v in value.split(","))
+        out[key] = nums if len(nums) > 1 else nums[0]
     return out
 
 
@@ -462,6 +474,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="override a ConsolidationConfig field, e.g. --set teacher_weighting=support (repeatable)",
     )
     ap.add_argument(
+        "--augment",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override an OOD augmentation option, e.g. --augment word_p=0.5 (repeatable; a,b for ranges)",
+    )
+    ap.add_argument(
         "--reuse-devices", action="store_true", help="load device models already in --work (same central-0 and recipe)"
     )
     ap.add_argument("--tag", default="", help="suffix of the result files (side experiments)")
@@ -476,8 +495,9 @@ def main(argv: list[str] | None = None) -> dict:
     first = load_stream(args.stream, args.work, 0, args.split)
     over = first.consolidation | ({} if args.steps is None else {"steps": args.steps}) | config_overrides(args.set)
     cfg = ConsolidationConfig(**over)
+    augment = augment_overrides(args.augment)
     jobs = [
-        (args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json, methods, args.reuse_devices)
+        (args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json, methods, args.reuse_devices, augment)
         for seed in range(args.seeds)
     ]
     if args.jobs > 1:
@@ -498,6 +518,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python -m benchmarks.dcl " + " ".join(argv if argv is not None else sys.argv[1:]),
         "experiences": [{"name": e["name"], "classes": e["classes"]} for e in setup.stream.experiences],
         "ood": setup.ood or "default (image: scikit-learn china.jpg)",
+        "ood_augment": augment,
         "consolidation": asdict(cfg) | {"seed": "per seed"},
         "device_training": asdict(setup.train) | {"seed": "per seed"},
         "forward_transfer_epochs": args.ft_epochs,
