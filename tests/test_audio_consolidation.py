@@ -64,6 +64,22 @@ def test_waves_stay_in_range_and_augment_options(spec):
         open_audio_ood(None, spec, speed=2)
 
 
+def test_word_segments_leave_silence_around_one_segment(spec):
+    plain = dict(rate=(1.0, 1.0), mix_p=0.0, noise_p=0.0, time_masks=0, freq_masks=0)
+    src = open_audio_ood(None, spec, word_p=1.0, word_len=(0.3, 0.5), **plain)
+    w = src.waves(32, torch.Generator().manual_seed(0))
+    spans = []
+    for x in w:
+        sounding = torch.nonzero(x != 0).flatten()
+        spans.append(int(sounding[-1] - sounding[0]) + 1)  # the speech can pause inside the segment, never outside
+        assert spans[-1] <= 0.5 * 16000 + 2
+    assert 0.2 * 16000 < np.mean(spans) <= 0.5 * 16000
+    full = open_audio_ood(None, spec, **plain).waves(32, torch.Generator().manual_seed(0))
+    assert float((full != 0).float().mean()) > 0.7  # without it, crops are running speech
+    with pytest.raises(DataError, match="word_len"):
+        open_audio_ood(None, spec, word_len=(0.5, 1.5))
+
+
 def test_folder_of_clips(tmp_path, spec):
     rng = np.random.default_rng(0)
     (tmp_path / "sub").mkdir()

@@ -9,7 +9,8 @@ Each call of :meth:`AudioOOD.sample` returns ``n`` model-ready log-mel inputs
 1. a random crop of ``clip_samples / rate`` source samples, read at a per-sample
    rate ``rate`` by linear interpolation: speed and pitch change together, like
    playing a tape faster or slower (one gather for the whole batch);
-2. mixing with the reversed batch (a second crop under the first one);
+2. mixing with the reversed batch (a second crop under the first one); optionally
+   (``word_p``) cutting a crop down to one word-length segment with silence around it;
 3. a random peak gain, and coloured noise (white to brown) at a random SNR;
 4. the :class:`edge_agent.audio.frontend.AudioFrontend` of the model's input
    spec (the same code as training and inference: features cannot drift);
@@ -50,10 +51,14 @@ class AudioAugment:
     [-1, 1] full scale (log-uniform); ``snr_db`` the speech-to-noise ratio in
     dB; ``mix_gain`` the amplitude of the second crop relative to the first;
     mask widths are in frames (``time_mask``) and mel bands (``freq_mask``);
-    the ``*_p`` fields are probabilities per sample.
+    the ``*_p`` fields are probabilities per sample. ``word_p`` cuts a crop down to
+    one ``word_len`` fraction of the clip (faded in and out, silence around it) at a
+    random place, like a keyword clip: an isolated word rather than running speech.
     """
 
     rate: tuple[float, float] = (0.7, 1.4)
+    word_p: float = 0.0
+    word_len: tuple[float, float] = (0.25, 0.9)
     mix_p: float = 0.5
     mix_gain: tuple[float, float] = (0.1, 1.0)
     peak: tuple[float, float] = (0.1, 1.0)
@@ -69,7 +74,9 @@ class AudioAugment:
             raise DataError(f"rate must be (low, high) with 0 < low <= high, got {self.rate}")
         if not 0 < self.peak[0] <= self.peak[1]:
             raise DataError(f"peak must be (low, high) with 0 < low <= high, got {self.peak}")
-        for name in ("mix_p", "noise_p"):
+        if not 0 < self.word_len[0] <= self.word_len[1] <= 1:
+            raise DataError(f"word_len must be (low, high) with 0 < low <= high <= 1, got {self.word_len}")
+        for name in ("mix_p", "noise_p", "word_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DataError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         for name in ("time_masks", "time_mask", "freq_masks", "freq_mask"):
@@ -177,6 +184,15 @@ class AudioOOD:
             )
             peak = _peak(x)
             x = x + x.flip(0) * (mix * peak / peak.flip(0))[:, None]
+        # 2b. An isolated word: keep one segment of the crop, 10 ms fades, silence around it.
+        if a.word_p > 0:
+            length = (a.word_len[0] + (a.word_len[1] - a.word_len[0]) * torch.rand(n, generator=g)) * N
+            begin = torch.rand(n, generator=g) * (N - length)
+            pos = torch.arange(N, dtype=torch.float32)
+            ramp = max(1.0, 0.01 * self.frontend.sample_rate)
+            env = ((pos - begin[:, None]) / ramp).clamp(0, 1) * ((begin + length)[:, None] - pos).div(ramp).clamp(0, 1)
+            word = torch.rand(n, generator=g) < a.word_p
+            x = torch.where(word[:, None], x * env, x)
         # 3. Gain to a random peak, then coloured noise at a random SNR.
         x *= (log_uniform(*a.peak) / _peak(x))[:, None]
         if a.noise_p > 0:
