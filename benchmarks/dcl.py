@@ -36,7 +36,7 @@ from central.stream import Stream, heatmap, train_devices, write_json
 from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
 from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource, open_ood
-from edge_agent.train import TrainConfig, fine_tune, load_local_data, masked_accuracy
+from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, fine_tune, load_local_data, masked_accuracy
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("naive", "avg", "kd", "dac")
@@ -98,7 +98,7 @@ def _kws_stream(name: str, work: Path, seed: int, split: str, write: bool) -> St
     frontend = AudioFrontend.from_dict(base.input_spec.frontend)
     lists = {"test": "testing", "val": "validation"}[split]  # each device's own held-out speakers
     stream = kws_stream(data, work / name, name.split("-", 1)[1], frontend, split=lists, write=write)
-    train = TrainConfig(epochs=DEVICE_EPOCHS, lr=DEVICE_LR, seed=seed)  # the audio demo's (device batch size)
+    train = TrainConfig(epochs=DEVICE_EPOCHS, lr=DEVICE_LR, batch_size=DEVICE_BATCH_SIZE["audio"], seed=seed)  # the demo's
     # The audio demo's consolidation budget: ds-cnn steps cost ~4x cnn-s ones on CPU.
     return StreamSetup(name, stream, "ds-cnn", base, base_path, train, None, {"steps": 200, "batch_size": BATCH_SIZE})
 

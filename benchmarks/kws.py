@@ -51,7 +51,7 @@ from edge_agent.audio.frontend import AudioFrontend  # noqa: E402
 from edge_agent.bundle import load_bundle  # noqa: E402
 from edge_agent.data.ood import open_ood  # noqa: E402
 from edge_agent.data.speech_synth import CORE_WORDS  # noqa: E402
-from edge_agent.train import TrainConfig, train_bundle  # noqa: E402
+from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, train_bundle  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
@@ -105,7 +105,7 @@ def run_stream(kind: str, work: Path, data: Path, args, log=print) -> dict:
     base = load_bundle(central0)
     fe = AudioFrontend.from_dict(base.input_spec.frontend)
     stream = kws_stream(data, work / f"stream-{kind}", kind, fe)
-    train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=DEVICE_BATCH_SIZE["audio"], seed=args.seed)
     dev_dir = work / f"devices-{kind}"
     dev_paths = [dev_dir / f"{e['name']}.safetensors" for e in stream.experiences]
     t = time.perf_counter()

@@ -39,7 +39,7 @@ from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource, open_ood
 from edge_agent.data.speech import load_speech_commands
 from edge_agent.data.speech_synth import CORE_WORDS, write_speech_dataset
-from edge_agent.train import TrainConfig
+from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig
 
 N_DEVICES = 5
 # Device fine-tuning budget: passes over ~400-500 local training clips and
@@ -190,7 +190,7 @@ def run_audio_demo(
         f"central-0 {base.id[:12]} (ds-cnn)"
     )
     t1 = time.perf_counter()
-    train_cfg = TrainConfig(epochs=epochs, lr=DEVICE_LR, seed=seed)
+    train_cfg = TrainConfig(epochs=epochs, lr=DEVICE_LR, batch_size=DEVICE_BATCH_SIZE["audio"], seed=seed)  # as on a device
     devices = train_devices(kws, central0, out / f"devices-{stream}", train_cfg, progress, log)
     t_devices = time.perf_counter() - t1
     torch.manual_seed(seed)
