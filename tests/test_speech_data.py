@@ -147,6 +147,28 @@ def test_domain_and_class_streams(tiny, tmp_path):
         write_kws_stream(root, tmp_path / "x", kind="class", n_devices=4)
 
 
+def test_a_written_stream_is_kept_until_its_source_or_settings_change(tiny, tmp_path):
+    root, _ = tiny
+    out = tmp_path / "domain"
+    first = write_kws_stream(root, out, kind="domain", n_devices=2)
+    marker = first[0] / "marker"  # a rewrite would delete the device folders
+    marker.write_text("x")
+    assert write_kws_stream(root, out, kind="domain", n_devices=2) == first and marker.exists()
+    write_kws_stream(root, out, kind="class", n_devices=3)  # other settings: rewritten
+    assert not marker.exists() and json.loads((out / "stream.json").read_text())["kind"] == "class"
+    (out / "device-01" / "marker").write_text("x")
+    write_kws_stream(root, out, kind="class", n_devices=3)
+    assert (out / "device-01" / "marker").exists()
+    clip = next(p for p in root.rglob("*.wav") if "_background_noise_" not in p.parts)
+    original = clip.read_bytes()
+    clip.write_bytes(original + b"\0\0")  # the dataset changed: rewritten
+    try:
+        write_kws_stream(root, out, kind="class", n_devices=3)
+    finally:
+        clip.write_bytes(original)  # the fixture is shared with other tests
+    assert not (out / "device-01" / "marker").exists()
+
+
 def test_bundled_ood_clip():
     path = default_ood_clip_path()
     assert path.stat().st_size < 300_000

@@ -19,6 +19,7 @@ system allows it, copies otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -62,6 +63,10 @@ def write_kws_stream(
 
     ``kind`` is ``"domain"`` (same words, new accents or speakers per device)
     or ``"class"`` (new words per device).  See the module docstring.
+
+    A stream already in ``out`` from the same dataset files and settings is kept as
+    it is (``stream.json`` records their fingerprint and is written last), so
+    several runs can share one work folder without rewriting it under each other.
     """
     if kind not in STREAM_KINDS:
         raise DataError(f"stream kind must be one of {', '.join(STREAM_KINDS)}, not {kind!r}")
@@ -72,6 +77,16 @@ def write_kws_stream(
     validation = _read_list(root, "validation") or set()
     speakers_file = root / "speakers.json"
     speakers = json.loads(speakers_file.read_text()) if speakers_file.is_file() else {}
+    fingerprint = _fingerprint(root, kind, n_devices, clips, testing, validation, speakers)
+    meta_file = out / "stream.json"
+    if meta_file.is_file():
+        try:
+            old = json.loads(meta_file.read_text())
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") == fingerprint:
+            return [out / d["folder"] for d in old["devices"]]
+        meta_file.unlink()  # from here on the folder is not a finished stream
 
     if kind == "class":
         if n_devices < 1 or n_devices > len(words):
@@ -121,7 +136,16 @@ def write_kws_stream(
     all_test = sorted(r for rels in device_clips for r in rels if r in testing)
     if all_test:
         _write_folder(root, test_dir, all_test, set(all_test), set())
-    (out / "stream.json").write_text(
-        json.dumps({"kind": kind, "source": str(root), "words": words, "devices": describe}, indent=1) + "\n"
-    )
+    meta = {"kind": kind, "source": str(root), "words": words, "devices": describe, "fingerprint": fingerprint}
+    tmp = meta_file.with_name(f".stream.json.{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, meta_file)
     return folders
+
+
+def _fingerprint(root: Path, kind, n_devices, clips, testing, validation, speakers) -> str:
+    """Hash of what a stream is made from: the settings, every clip's path and size, the lists, the speakers."""
+    h = hashlib.sha256(json.dumps([kind, n_devices, sorted(testing), sorted(validation), speakers]).encode())
+    for rel, word in clips:
+        h.update(f"{rel}\0{word}\0{(root / rel).stat().st_size}\n".encode())
+    return h.hexdigest()
