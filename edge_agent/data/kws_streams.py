@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.atomic import write_atomic
 from edge_agent.data.labeled import DataError
 from edge_agent.data.speech import _read_list, list_clips, list_words
 
@@ -137,9 +138,7 @@ def write_kws_stream(
     if all_test:
         _write_folder(root, test_dir, all_test, set(all_test), set())
     meta = {"kind": kind, "source": str(root), "words": words, "devices": describe, "fingerprint": fingerprint}
-    tmp = meta_file.with_name(f".stream.json.{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, meta_file)
+    write_atomic(meta_file, (json.dumps(meta, indent=1) + "\n").encode())
     return folders
 
 
