@@ -426,14 +426,23 @@ def _seed_job(job: tuple) -> dict:
     return run_seed(setup, ood, ConsolidationConfig(**{**asdict(cfg), "seed": seed}), work, ft_epochs, log, methods, reuse)
 
 
+def _pairs(pairs: list[str], option: str, hint: str):
+    """``NAME=VALUE`` command-line pairs as (name, value); a one-line exit on anything else."""
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"{option} {pair!r}: expected NAME=VALUE, {hint}")
+        yield key, value
+
+
 def config_overrides(pairs: list[str]) -> dict:
     """``["steps=1000", "teacher_weighting=support"]`` -> typed ConsolidationConfig fields."""
     types = {f.name: type(f.default) for f in fields(ConsolidationConfig) if f.name != "extra"}
+    hint = f"with NAME one of {', '.join(sorted(types))}"
     out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in types:
-            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(types))}")
+    for key, value in _pairs(pairs, "--set", hint):
+        if key not in types:
+            raise SystemExit(f"--set {key}={value}: expected NAME=VALUE {hint}")
         out[key] = types[key](value)
     return out
 
@@ -441,10 +450,7 @@ def config_overrides(pairs: list[str]) -> dict:
 def augment_overrides(pairs: list[str]) -> dict:
     """``["word_p=0.5", "rate=0.8,1.25"]`` -> OOD augmentation options (a comma makes a tuple)."""
     out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--augment {pair!r}: expected NAME=VALUE, e.g. word_p=0.5")
+    for key, value in _pairs(pairs, "--augment", "e.g. word_p=0.5"):
         nums = tuple(float(v) if "." in v or "e" in v else int(v) for v in value.split(","))
         out[key] = nums if len(nums) > 1 else nums[0]
     return out
