@@ -40,8 +40,8 @@ class TrainConfig:
 # about 2 MB of activations per clip for the backward pass: at 32, `edge-agent train` peaked at 421 MB resident,
 # over the 400 MB a Raspberry Pi Zero 2 W (512 MB) can give it; at 16, 358 MB (medians of 3, /usr/bin/time -v),
 # about as many clips per second, and with the CLI's lr the same 30 epochs learn more (synthetic device-01, seeds
-# 0-2: local validation accuracy 0.89 vs 0.76, its test speakers 0.90 vs 0.76).  Benchmarks and demos set their
-# own TrainConfig and are unaffected.
+# 0-2: local validation accuracy 0.89 vs 0.76, its test speakers 0.90 vs 0.76).  The audio demo and the KWS
+# benchmarks train their simulated devices with this same value.
 DEVICE_BATCH_SIZE = {"audio": 16}
 
 
