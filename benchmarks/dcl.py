@@ -180,13 +180,15 @@ def forward_transfer(setup: StreamSetup, models: list[torch.nn.Module], epochs: 
     return rows
 
 
-def _as_bundle(setup: StreamSetup, model: torch.nn.Module) -> Bundle:
+def _as_bundle(setup: StreamSetup, model: torch.nn.Module, classes: list[str] | None = None) -> Bundle:
     # A fresh copy through the bundle format, so fine-tuning never touches the source model.
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "m.safetensors"
-        manifest = new_manifest(model, setup.base.labels, setup.base.input_spec, trained_classes=[], method="copy")
+        manifest = new_manifest(
+            model, setup.base.labels, setup.base.input_spec, trained_classes=list(classes or []), method="copy"
+        )
         save_bundle(model, manifest, p)
         return load_bundle(p)
 
@@ -196,17 +198,40 @@ def _subset(data: LabeledSet, classes: list[str]) -> LabeledSet:
     return data.subset([i for i, lab in enumerate(data.labels) if lab in keep])
 
 
+def pull_and_fine_tune(setup: StreamSetup, model: torch.nn.Module, t: int) -> Bundle:
+    """Device ``t`` pulls ``model`` (the central as it is now) and fine-tunes it on its own data."""
+    data = load_local_data(setup.stream.experiences[t]["path"], setup.base)
+    tuned, _ = fine_tune(_as_bundle(setup, model), data, setup.train, progress=False)
+    return _as_bundle(setup, tuned, data.classes)
+
+
 def consolidate_stream(
-    setup: StreamSetup, devices: list[Bundle], ood: OODSource, method: str, cfg: ConsolidationConfig, log
+    setup: StreamSetup,
+    devices: list[Bundle],
+    ood: OODSource,
+    method: str,
+    cfg: ConsolidationConfig,
+    log,
+    pull_latest: bool = False,
 ) -> tuple[dict, list[torch.nn.Module]]:
-    """``central.stream.run_method`` plus the model after every experience (for forward transfer)."""
+    """``central.stream.run_method`` plus the model after every experience (for forward transfer).
+
+    ``pull_latest``: device t (from the second on) fine-tunes this method's current central
+    instead of central-0, as a device running ``edge-agent`` does; ``devices[0]`` is used as
+    it is (it fine-tuned central-0, which is the current central at that time). The extra
+    device-training CPU time is reported apart from consolidation time.
+    """
     from central.consolidate import consolidate_step
 
     T = len(devices)
     R, R_task = np.zeros((T, T)), np.zeros((T, T))
     model, classes, support = setup.base.model, list(setup.base.manifest.trained_classes), None
-    models, cpu = [], []
+    models, cpu, device_cpu = [], [], []
     for t, dev in enumerate(devices):
+        if pull_latest and t > 0:
+            t0 = time.process_time()
+            dev = pull_and_fine_tune(setup, model, t)
+            device_cpu.append(time.process_time() - t0)
         step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed * 1000 + t})
         model, classes, timing = consolidate_step(
             model, classes, dev, ood, method, step_cfg, progress=False, current_support=support
@@ -219,6 +244,8 @@ def consolidate_stream(
     out = summarize(R)
     out["task_aware"] = summarize(R_task)
     out["cpu_seconds_per_consolidation"] = cpu
+    if device_cpu:
+        out["device_cpu_seconds"] = device_cpu
     return out, models
 
 
@@ -265,15 +292,20 @@ def run_seed(
     log,
     methods=METHODS + BOUNDS,
     reuse: bool = False,
+    pull_latest: bool = False,
 ) -> dict:
-    """One seed: device models, every method on them, the upper bounds and forward transfer."""
+    """One seed: device models, every method on them, the upper bounds and forward transfer.
+
+    ``pull_latest``: devices 2..T fine-tune each method's current central (see
+    :func:`consolidate_stream`); the ensemble oracle keeps the central-0 devices.
+    """
     quiet = lambda *a, **k: None  # noqa: E731
     devices = train_devices(
         setup.stream, setup.base_path, work / f"devices-seed{cfg.seed}", setup.train, False, quiet, reuse=reuse
     )
     out: dict = {}
     for m in [m for m in methods if m in METHODS]:
-        r, models = consolidate_stream(setup, devices, ood, m, cfg, log)
+        r, models = consolidate_stream(setup, devices, ood, m, cfg, log, pull_latest)
         r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if ft_epochs > 0 and m in ("naive", "dac"):
             r["forward_transfer"] = forward_transfer(setup, models, ft_epochs)
@@ -313,6 +345,8 @@ def aggregate(per_seed: list[dict]) -> dict:
             ),
             "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in runs),
         }
+        if "device_cpu_seconds" in runs[0]:
+            agg["device_cpu_seconds_per_device"] = float(np.mean([np.mean(r["device_cpu_seconds"]) for r in runs]))
         if "forward_transfer" in runs[0]:
             ft = [row for r in runs for row in r["forward_transfer"]]
             agg["forward_transfer"] = {
@@ -350,6 +384,23 @@ def _mb(v: float) -> str:
     return f"{v:.0f}" if v else "-"
 
 
+def _devices_note(report: dict) -> list[str]:
+    if report.get("devices", "central-0") == "central-0":
+        return [
+            "Devices: every device fine-tuned central-0, so all methods consolidate the same device models.",
+            "",
+        ]
+    key = "device_cpu_seconds_per_device"
+    cpu = [r[key] for r in report["methods"].values() if key in r]
+    return [
+        "Devices: `--devices latest`. Device 1 fine-tuned central-0; every later device fine-tuned the current",
+        "central *of the method being measured* (what `edge-agent pull` then `train` does), so each method has its",
+        f"own device models ({np.mean(cpu):.0f} s CPU per device fine-tune, not in the consolidation column). For",
+        "`naive` this is plain sequential fine-tuning. `ensemble` still routes to the central-0 devices.",
+        "",
+    ]
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# DCL benchmark: {report['stream']} ({report['split']} split)",
@@ -359,6 +410,7 @@ def markdown(report: dict) -> str:
         f"{report['seeds']} seeds (device models differ per seed); consolidation {json.dumps(report['consolidation'])}; "
         f"wall time {report['wall_seconds']:.0f} s.",
         "",
+        *_devices_note(report),
         "| method | final avg acc | std | of joint | task-aware final avg acc | avg forgetting |"
         " CPU s / consolidation | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|",
@@ -417,13 +469,14 @@ def markdown(report: dict) -> str:
 
 
 def _seed_job(job: tuple) -> dict:
-    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment = job
+    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment, pull_latest = job
     torch.set_num_threads(1)
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if quiet else print
     setup = load_stream(stream, work, seed, split, write=False)
     log(f"seed {seed}: {stream}, {len(setup.stream.experiences)} devices, {len(setup.stream.test)} {split} samples")
     ood = open_ood(setup.ood, setup.base.input_spec, **augment)
-    return run_seed(setup, ood, ConsolidationConfig(**{**asdict(cfg), "seed": seed}), work, ft_epochs, log, methods, reuse)
+    cfg = ConsolidationConfig(**{**asdict(cfg), "seed": seed})
+    return run_seed(setup, ood, cfg, work, ft_epochs, log, methods, reuse, pull_latest)
 
 
 def _pairs(pairs: list[str], option: str, hint: str):
@@ -489,6 +542,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--reuse-devices", action="store_true", help="load device models already in --work (same central-0 and recipe)"
     )
+    ap.add_argument(
+        "--devices",
+        default="central-0",
+        choices=["central-0", "latest"],
+        help="what devices 2..T fine-tune: central-0 (the same device models for every method) or latest "
+        "(each method's current central, as edge-agent does; results get a -latest suffix)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the result files (side experiments)")
     args = ap.parse_args(argv)
     methods = tuple(m for m in args.methods.split(",") if m)
@@ -503,7 +563,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = ConsolidationConfig(**over)
     augment = augment_overrides(args.augment)
     jobs = [
-        (args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json, methods, args.reuse_devices, augment)
+        (
+            *(args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json, methods),
+            *(args.reuse_devices, augment, args.devices == "latest"),
+        )
         for seed in range(args.seeds)
     ]
     if args.jobs > 1:
@@ -516,7 +579,8 @@ def main(argv: list[str] | None = None) -> dict:
         per_seed = [_seed_job(j) for j in jobs]
     setup = load_stream(args.stream, args.work, 0, args.split, write=False)
     methods = aggregate(per_seed)
-    stem = f"dcl-{args.stream}" + ("" if args.split == "test" else f"-{args.split}") + (f"-{args.tag}" if args.tag else "")
+    stem = f"dcl-{args.stream}" + ("" if args.split == "test" else f"-{args.split}")
+    stem += ("-latest" if args.devices == "latest" else "") + (f"-{args.tag}" if args.tag else "")
     report = {
         "stream": args.stream,
         "split": args.split,
@@ -527,6 +591,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ood_augment": augment,
         "consolidation": asdict(cfg) | {"seed": "per seed"},
         "device_training": asdict(setup.train) | {"seed": "per seed"},
+        "devices": args.devices,
         "forward_transfer_epochs": args.ft_epochs,
         "methods": methods,
         "profile": per_seed[0]["profile"],
