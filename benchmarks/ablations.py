@@ -56,9 +56,13 @@ VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
     "BN re-estimated": ({"bn_mode": "reestimate"}, None, None, "dac"),
     "targets centred": ({"target_norm": "centre"}, None, None, "dac"),
     "student from average": ({"student_init": "average"}, None, None, "dac"),
+    "student init auto": ({"student_init": "auto"}, None, None, "dac"),
     "KL, T=4": ({"logit_loss": "kl"}, None, None, "dac"),
     "devices from the latest central": ({}, None, None, "dac-lag1"),
     "async: devices one version behind": ({}, None, None, "dac-lag2"),
+    "devices from the latest central, student init auto": ({"student_init": "auto"}, None, None, "dac-lag1"),
+    "devices from the latest central, averaging": ({}, None, None, "avg-lag1"),
+    "devices from the latest central, naive (sequential fine-tuning)": ({}, None, None, "naive-lag1"),
 }
 
 
@@ -91,17 +95,18 @@ def _bundle(setup: StreamSetup, model: torch.nn.Module, path: Path, classes: lis
 
 
 def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str, tmp: Path) -> dict:
-    """Consolidate the stream; ``dac-lagK`` first fine-tunes device t from the central K-1 versions behind the latest.
+    """Consolidate the stream; ``METHOD-lagK`` first fine-tunes device t from the central K-1 versions behind the latest.
 
     Plain methods use the stream's devices, which all fine-tuned central-0.
     """
+    method, _, lag_text = method.partition("-lag")
     model, classes, support = setup.base.model, [], None
     history = [setup.base.model]
     cpu = []
     for t, dev in enumerate(devices):
-        if method.startswith("dac-lag"):
+        if lag_text:
             # The device pulled a (possibly older) central version and fine-tuned it on its own data.
-            lag = int(method.removeprefix("dac-lag"))
+            lag = int(lag_text)
             pulled = _bundle(setup, history[max(0, len(history) - lag)], tmp / "pulled.safetensors")
             data = load_local_data(setup.stream.experiences[t]["path"], setup.base)
             tuned, _ = fine_tune(pulled, data, setup.train, progress=False)
@@ -112,7 +117,7 @@ def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str,
             classes,
             dev,
             ood,
-            "dac" if method.startswith("dac-lag") else method,
+            method,
             step,
             progress=False,
             current_support=support,

@@ -226,7 +226,7 @@ def consolidate_stream(
     T = len(devices)
     R, R_task = np.zeros((T, T)), np.zeros((T, T))
     model, classes, support = setup.base.model, list(setup.base.manifest.trained_classes), None
-    models, cpu, device_cpu = [], [], []
+    models, cpu, device_cpu, inits = [], [], [], []
     for t, dev in enumerate(devices):
         if pull_latest and t > 0:
             t0 = time.process_time()
@@ -239,6 +239,7 @@ def consolidate_stream(
         support = timing["class_support"]
         models.append(model)
         cpu.append(timing["cpu_seconds"])
+        inits.append(timing.get("student_init", {}).get("chosen"))
         R[t], R_task[t] = evaluate_row(setup, model, classes)
     log(f"  {method:>8}: final avg acc {R[-1].mean():.3f} ({sum(cpu):.0f} s CPU)")
     out = summarize(R)
@@ -246,6 +247,8 @@ def consolidate_stream(
     out["cpu_seconds_per_consolidation"] = cpu
     if device_cpu:
         out["device_cpu_seconds"] = device_cpu
+    if any(inits):
+        out["student_init"] = inits  # per consolidation; ``auto`` resolves to previous or average
     return out, models
 
 
@@ -345,6 +348,9 @@ def aggregate(per_seed: list[dict]) -> dict:
             ),
             "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in runs),
         }
+        if "student_init" in runs[0]:
+            chosen = [c for r in runs for c in r["student_init"] if c]
+            agg["student_init"] = {c: chosen.count(c) for c in sorted(set(chosen))}
         if "device_cpu_seconds" in runs[0]:
             agg["device_cpu_seconds_per_device"] = float(np.mean([np.mean(r["device_cpu_seconds"]) for r in runs]))
         if "forward_transfer" in runs[0]:
@@ -401,6 +407,14 @@ def _devices_note(report: dict) -> list[str]:
     ]
 
 
+def _init_note(report: dict) -> list[str]:
+    counts = {m: r["student_init"] for m, r in report["methods"].items() if "student_init" in r}
+    if not counts:
+        return []
+    said = "; ".join(f"{m}: " + ", ".join(f"{c} {n}x" for c, n in k.items()) for m, k in counts.items())
+    return [f"Where each student started (consolidations over all seeds): {said}.", ""]
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# DCL benchmark: {report['stream']} ({report['split']} split)",
@@ -430,6 +444,7 @@ def markdown(report: dict) -> str:
         "column is its training time per experience). Peak RSS is the seed process's peak so far (ru_maxrss, max over",
         "seeds), so it only grows down the table; the methods run one after another in the same process.",
         "",
+        *_init_note(report),
         "## Forward transfer to devices",
         "",
         f"Device accuracy on its own task after a {report['forward_transfer_epochs']}-epoch fine-tune, starting "

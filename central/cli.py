@@ -69,6 +69,14 @@ def consolidate(
             "(a running mean over devices, recorded in the bundle)"
         ),
     ] = "support",
+    student_init: Annotated[
+        str,
+        typer.Option(
+            help="where the student starts: previous (the current central), average (parameter average of the "
+            "central and the device), or auto (whichever already matches the teachers better on OOD data: the "
+            "average when the device fine-tuned this central, the central when they share no ancestor)"
+        ),
+    ] = "auto",
     dream_steps: Annotated[
         int,
         typer.Option(
@@ -100,6 +108,7 @@ def consolidate(
         pld_weight=pld_weight,
         logit_loss=logit_loss,
         teacher_weighting=teacher_weighting,
+        student_init=student_init,
         dream_steps=dream_steps,
     )
     cfg.check()

@@ -119,6 +119,8 @@ def consolidate_step(
         "wall_seconds": time.perf_counter() - w0,
         "class_support": new_support,
     }
+    if current_classes and getattr(fn, "last_init", None):
+        info["student_init"] = fn.last_init  # recorded in the bundle's lineage (``stream``)
     return model, new_classes, info
 
 

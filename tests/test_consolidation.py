@@ -184,3 +184,46 @@ def test_dreamed_labels_add_a_cross_entropy_term_to_the_distillation():
     assert torch.isclose(dreamed - plain, torch.log(torch.tensor(4.0)))
     student_run = get_method("dac")(_teachers()[0], _teachers()[1], NoiseOOD(SPEC), _cfg(dream_steps=1, steps=2))
     assert all(torch.isfinite(v).all() for v in student_run.state_dict().values() if v.is_floating_point())
+
+
+def _permuted(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The same function with the hidden channels of the first two conv blocks shuffled: an unrelated basin."""
+    out = copy.deepcopy(model)
+    sd = out.state_dict()
+    g = torch.Generator().manual_seed(seed)
+    for block, nxt in (("features.0", "features.2.0.weight"), ("features.2", "features.4.0.weight")):
+        n = sd[f"{block}.0.weight"].shape[0]
+        perm = torch.randperm(n, generator=g)
+        sd[f"{block}.0.weight"] = sd[f"{block}.0.weight"][perm]
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            sd[f"{block}.1.{k}"] = sd[f"{block}.1.{k}"][perm]
+        sd[nxt] = sd[nxt][:, perm]
+    out.load_state_dict(sd)
+    return out
+
+
+def test_auto_student_init_averages_only_models_that_share_a_basin():
+    """A device fine-tuned from the central is averaged in; the same function in another basin is not."""
+    known = torch.ones(6, dtype=torch.bool)
+    prev = Teacher(_model(0), known)
+    with torch.no_grad():  # give BatchNorm non-trivial statistics, so a shuffle matters everywhere
+        for m in prev.model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 2)
+    tuned = copy.deepcopy(prev.model)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for p in tuned.parameters():
+            p.add_(0.3 * p.abs().mean() * torch.randn(p.shape, generator=g))
+    shuffled = _permuted(prev.model, 5)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(shuffled(x), prev.model(x), atol=1e-5)  # same function, other parameters
+    dac = get_method("dac")
+    dac(prev, Teacher(tuned, known), NoiseOOD(SPEC), _cfg(student_init="auto"))
+    assert dac.last_init["chosen"] == "average"
+    dac(prev, Teacher(shuffled, known), NoiseOOD(SPEC), _cfg(student_init="auto"))
+    assert dac.last_init["chosen"] == "previous"
+    assert dac.last_init["target_mse"]["previous"] < 1e-8 < dac.last_init["target_mse"]["average"]

@@ -45,7 +45,7 @@ class ConsolidationConfig:
     seed: int = 0
     logit_loss: str = "mse"  # "mse" on raw logits, or "kl" with temperature
     temperature: float = 4.0
-    student_init: str = "previous"  # "previous" central or "average" of previous and incoming
+    student_init: str = "previous"  # "previous" central, "average" of previous and incoming, or "auto"
     target_norm: str = "none"  # "none" or "centre": per-teacher centring of logits before averaging
     # "equal": per class, the mean over the teachers that know it; "support": weighted by how
     # many devices each teacher holds for that class, i.e. a running mean over devices. Chosen on
@@ -67,7 +67,7 @@ class ConsolidationConfig:
         """Fail early, with the accepted values, on a setting no method understands."""
         choices = {
             "logit_loss": ("mse", "kl"),
-            "student_init": ("previous", "average"),
+            "student_init": ("previous", "average", "auto"),
             "target_norm": ("none", "centre"),
             "teacher_weighting": ("equal", "support"),
             "projector": ("linear", "mlp"),

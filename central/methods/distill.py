@@ -55,6 +55,31 @@ def logit_loss(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, 
     raise ValueError(f"unknown logit loss {cfg.logit_loss!r} (mse or kl)")
 
 
+@torch.no_grad()
+def init_scores(
+    candidates: dict[str, nn.Module], teachers: list[Teacher], ood, cfg: ConsolidationConfig, batches: int = 4
+) -> dict[str, float]:
+    """Mean squared error of each candidate's logits to the distillation targets on ``batches`` OOD batches.
+
+    Eval mode (running BatchNorm statistics), as the candidate would be deployed; the batches
+    come from their own generator so the consolidation's batch sequence is unchanged.
+    """
+    g = torch.Generator().manual_seed(cfg.seed + 7919)
+    device = next(teachers[0].model.parameters()).device
+    xs = [ood.sample(cfg.batch_size, g).to(device) for _ in range(batches)]
+    scores = {}
+    for name, model in candidates.items():
+        was_training = model.training
+        model.eval()
+        err = []
+        for x in xs:
+            target, mask = logit_targets(teachers, [t.model(x) for t in teachers], cfg.target_norm, cfg.teacher_weighting)
+            err.append(float(F.mse_loss(model(x)[:, mask], target[:, mask])))
+        model.train(was_training)
+        scores[name] = sum(err) / len(err)
+    return scores
+
+
 def make_projector(d_in: int, d_out: int, kind: str) -> nn.Module:
     if kind == "linear":
         return nn.Linear(d_in, d_out)
@@ -76,6 +101,7 @@ class Distill:
             t.model.requires_grad_(False)
         # Seed before anything random is built (the projectors' init), not just before the loop.
         torch.manual_seed(cfg.seed)
+        self.last_init = {"chosen": cfg.student_init}  # ``auto`` adds what it chose and why
         student = self.initial_student(previous, incoming, ood, cfg)
         student.requires_grad_(True)
         projectors = self.make_projectors(student, teachers, cfg)
@@ -104,16 +130,26 @@ class Distill:
         return student
 
     def initial_student(self, previous: Teacher, incoming: Teacher, ood, cfg: ConsolidationConfig) -> nn.Module:
-        """The previous central (default), or the class-weighted parameter average of both teachers.
+        """The previous central, the class-weighted parameter average of both teachers, or ``auto``.
 
-        Devices fine-tune from a shared ancestor, so the average sits in one basin and
-        already separates each task's classes; distillation then only has to fix the rest.
+        When the device fine-tuned a central version (what ``edge-agent`` does), both
+        models share an ancestor, the average sits in one basin and already does most of
+        the work; distillation then only has to fix the rest. When they do not (devices
+        trained from unrelated starts), the average is noise. ``auto`` tells the two cases
+        apart without data: it starts from whichever candidate already matches the
+        distillation targets better on a few OOD batches (:func:`init_scores`).
         """
         if cfg.student_init == "previous":
             return copy.deepcopy(previous.model)
+        average = get_method("avg")(previous, incoming, ood, cfg)
         if cfg.student_init == "average":
-            return get_method("avg")(previous, incoming, ood, cfg)
-        raise ValueError(f"unknown student_init {cfg.student_init!r} (previous or average)")
+            return average
+        if cfg.student_init == "auto":
+            candidates = {"previous": previous.model, "average": average}
+            scores = init_scores(candidates, [previous, incoming], ood, cfg)
+            self.last_init = {"chosen": min(scores, key=scores.get), "target_mse": scores}
+            return copy.deepcopy(candidates[self.last_init["chosen"]])
+        raise ValueError(f"unknown student_init {cfg.student_init!r} (previous, average or auto)")
 
     def loss(self, teachers, teacher_outs, student_out, projectors, cfg: ConsolidationConfig, labels=None):
         """(total, logit, latent) losses of one batch; the distributed runner calls this same function.
