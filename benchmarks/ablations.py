@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(1)
     setup = load_stream("split-digits", args.work, args.seed, "test")
     train_devices(
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         done = {n: _variant_job(j) for n, j in zip(names, jobs, strict=True)}
     variants = {n: done[n] if n in done else previous[n] for n in VARIANTS if n in done or n in previous}
     report = {
-        "command": "python -m benchmarks.ablations" + (" " + " ".join(argv) if argv else ""),
+        "command": "python -m benchmarks.ablations " + " ".join(shlex.quote(a) for a in argv_used),
         "seed": args.seed,
         "defaults": asdict(ConsolidationConfig()),
         "augment": asdict(ImageAugment()),
