@@ -136,7 +136,9 @@ def consolidate(
         from central.consolidate import consolidate_files
 
         r = consolidate_files(base, list(incoming), out, ood=ood, method=method, cfg=cfg)
-    typer.echo(f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes) id {r['id']}")
+    starts = [s["student_init"]["chosen"] for s in r.get("steps", []) if "student_init" in s]
+    began = f"; student started from {', '.join(starts)}" if starts else ""
+    typer.echo(f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes{began}) id {r['id']}")
 
 
 @app.command()

@@ -22,7 +22,7 @@ def test_round_dac_keeps_old_classes_better_than_naive(tmp_path):
     for dev in ("dev1", "dev2"):
         run(ea, "train", "--model", "c0.safetensors", "--data", f"sd/{dev}", "--out", f"{dev}.safetensors", "--epochs", "6", "--seed", "1", cwd=tmp_path)
     common = ["--base", "c0.safetensors", "--incoming", "dev1.safetensors", "--incoming", "dev2.safetensors", "--steps", "100", "--batch-size", "64"]
-    run(central, "consolidate", *common, "--out", "dac.safetensors", cwd=tmp_path)
+    done = run(central, "consolidate", *common, "--out", "dac.safetensors", cwd=tmp_path)
     run(central, "consolidate", *common, "--method", "naive", "--out", "naive.safetensors", cwd=tmp_path)
 
     reports = {}
@@ -43,6 +43,12 @@ def test_round_dac_keeps_old_classes_better_than_naive(tmp_path):
     b = load_bundle(tmp_path / "dac.safetensors")
     assert b.manifest.method == "dac" and b.manifest.trained_classes == ["0", "1", "2", "3"]
     assert b.manifest.parents == [load_bundle(tmp_path / f).id for f in ("c0.safetensors", "dev1.safetensors", "dev2.safetensors")]
+    # The first step copies dev1; the second chose where its student started (student_init=auto) and says so.
+    first, second = b.manifest.extra["stream"]
+    assert "student_init" not in first
+    chosen = second["student_init"]["chosen"]
+    assert chosen in ("previous", "average") and set(second["student_init"]["target_mse"]) == {"previous", "average"}
+    assert f"student started from {chosen}" in done.stdout
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):
