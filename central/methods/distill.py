@@ -67,14 +67,12 @@ def init_scores(
     g = torch.Generator().manual_seed(cfg.seed + 7919)
     device = next(teachers[0].model.parameters()).device
     xs = [ood.sample(cfg.batch_size, g).to(device) for _ in range(batches)]
+    targets = [logit_targets(teachers, [t.model(x) for t in teachers], cfg.target_norm, cfg.teacher_weighting) for x in xs]
     scores = {}
     for name, model in candidates.items():
         was_training = model.training
         model.eval()
-        err = []
-        for x in xs:
-            target, mask = logit_targets(teachers, [t.model(x) for t in teachers], cfg.target_norm, cfg.teacher_weighting)
-            err.append(float(F.mse_loss(model(x)[:, mask], target[:, mask])))
+        err = [float(F.mse_loss(model(x)[:, mask], target[:, mask])) for x, (target, mask) in zip(xs, targets, strict=True)]
         model.train(was_training)
         scores[name] = sum(err) / len(err)
     return scores
