@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.dcl import RESULTS, StreamSetup, evaluate_row, load_stream
+from benchmarks.dcl import RESULTS, evaluate_row, load_stream, pull_and_fine_tune
 from central.consolidate import consolidate_step
 from central.methods import ConsolidationConfig
 from central.stream import train_devices, write_json
-from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
+from edge_agent.bundle import load_bundle
 from edge_agent.data.images import load_image_folder
 from edge_agent.data.ood import ImageAugment, open_ood
-from edge_agent.train import fine_tune, load_local_data
 
 # name -> (consolidation overrides, OOD source, augmentation overrides, method)
 VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
@@ -90,13 +89,7 @@ def ood_source(kind: str | None, spec, aug: dict | None, tmp: Path):
     return open_ood(None, spec, **augment)
 
 
-def _bundle(setup: StreamSetup, model: torch.nn.Module, path: Path, classes: list[str] | None = None) -> Bundle:
-    manifest = new_manifest(model, setup.base.labels, setup.base.input_spec, classes or [], method="copy")
-    save_bundle(model, manifest, path)
-    return load_bundle(path)
-
-
-def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str, tmp: Path) -> dict:
+def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str) -> dict:
     """Consolidate the stream; ``METHOD-lagK`` first fine-tunes device t from the central K-1 versions behind the latest.
 
     Plain methods use the stream's devices, which all fine-tuned central-0.
@@ -109,10 +102,7 @@ def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str,
         if lag_text:
             # The device pulled a (possibly older) central version and fine-tuned it on its own data.
             lag = int(lag_text)
-            pulled = _bundle(setup, history[max(0, len(history) - lag)], tmp / "pulled.safetensors")
-            data = load_local_data(setup.stream.experiences[t]["path"], setup.base)
-            tuned, _ = fine_tune(pulled, data, setup.train, progress=False)
-            dev = _bundle(setup, tuned, tmp / f"async-dev{t}.safetensors", data.classes)
+            dev = pull_and_fine_tune(setup, history[max(0, len(history) - lag)], t)
         step = replace(cfg, seed=cfg.seed * 1000 + t)
         model, classes, timing = consolidate_step(
             model,
@@ -174,7 +164,7 @@ def _variant_job(job: tuple) -> dict:
     with tempfile.TemporaryDirectory() as d:
         ood = ood_source(kind, setup.base.input_spec, aug, Path(d))
         cfg = replace(ConsolidationConfig(**over), seed=seed)
-        r = run_variant(setup, devices, val, ood, cfg, method, Path(d))
+        r = run_variant(setup, devices, val, ood, cfg, method)
     print(f"{name:>34}: {json.dumps(r)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return r
 
