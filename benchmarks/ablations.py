@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": "python -m benchmarks.ablations " + " ".join(shlex.quote(a) for a in argv_used),
         "seed": args.seed,
-        "defaults": asdict(ConsolidationConfig()),
+        "defaults": asdict(ConsolidationConfig().for_input("image")),
         "augment": asdict(ImageAugment()),
         "variants": variants,
     }

@@ -505,7 +505,10 @@ def _pairs(pairs: list[str], option: str, hint: str):
 
 def config_overrides(pairs: list[str]) -> dict:
     """``["steps=1000", "teacher_weighting=support"]`` -> typed ConsolidationConfig fields."""
+    from central.methods.base import KIND_DEFAULTS
+
     types = {f.name: type(f.default) for f in fields(ConsolidationConfig) if f.name != "extra"}
+    types |= {name: type(value) for name, value in KIND_DEFAULTS["image"].items()}  # fields whose default is None
     hint = f"with NAME one of {', '.join(sorted(types))}"
     out = {}
     for key, value in _pairs(pairs, "--set", hint):
@@ -604,7 +607,7 @@ def main(argv: list[str] | None = None) -> dict:
         "experiences": [{"name": e["name"], "classes": e["classes"]} for e in setup.stream.experiences],
         "ood": setup.ood or "default (image: scikit-learn china.jpg)",
         "ood_augment": augment,
-        "consolidation": asdict(cfg) | {"seed": "per seed"},
+        "consolidation": asdict(cfg.for_input(setup.base.input_spec.kind)) | {"seed": "per seed"},
         "device_training": asdict(setup.train) | {"seed": "per seed"},
         "devices": args.devices,
         "forward_transfer_epochs": args.ft_epochs,

@@ -59,7 +59,17 @@ def consolidate(
     method: Annotated[str, typer.Option(help="dac (KD + PLD), kd (logits only), avg (parameter averaging), naive")] = "dac",
     steps: Annotated[int, typer.Option(help="optimisation steps per incoming model")] = 500,
     batch_size: Annotated[int, typer.Option(help="OOD samples per step")] = 128,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay)")] = 1e-3,
+    lr: Annotated[
+        Optional[float], typer.Option(help="Adam learning rate, cosine decay [default: 3e-3 for image models, 1e-3 for audio]")
+    ] = None,
+    target_norm: Annotated[
+        Optional[str],
+        typer.Option(
+            help="centre: subtract each teacher's mean logit over its own classes before the targets are built (a "
+            "device trained on some classes only learned logit differences among them); none: raw logits "
+            "[default: centre for image models, none for audio]"
+        ),
+    ] = None,
     pld_weight: Annotated[float, typer.Option(help="weight of the projected latent loss (dac)")] = 1.0,
     logit_loss: Annotated[str, typer.Option(help="mse on raw logits, or kl with --temperature")] = "mse",
     teacher_weighting: Annotated[
@@ -104,6 +114,7 @@ def consolidate(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        target_norm=target_norm,
         seed=seed,
         pld_weight=pld_weight,
         logit_loss=logit_loss,

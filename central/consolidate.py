@@ -183,7 +183,7 @@ def consolidate_files(
         parents=[base.id] + [b.id for b in incoming],
         method=method,
         extra={
-            "consolidation": asdict(cfg),
+            "consolidation": asdict(cfg.for_input(base.input_spec.kind)),
             "ood": str(ood) if ood is not None else "default",
             "stream": steps,
             "version": (version + len(incoming)) if isinstance(version, int) else None,

@@ -204,6 +204,7 @@ class DataParallelDistill:
 
     def setup(self, previous: Teacher, incoming: Teacher, ood: OODSource, cfg: ConsolidationConfig) -> RunState:
         """Student, projections, optimizer and generator, in the order ``Distill.__call__`` makes them."""
+        cfg = cfg.for_input(ood.spec.kind)
         dev = self.ctx.device
         teachers = [
             Teacher(t.model.to(dev), t.known.to(dev), None if t.support is None else t.support.to(dev))

@@ -93,6 +93,7 @@ class Distill:
     uses_pld = False
 
     def __call__(self, previous, incoming, ood, cfg: ConsolidationConfig, progress=None):
+        cfg = cfg.for_input(ood.spec.kind)
         teachers = [previous, incoming]
         for t in teachers:
             t.model.eval()

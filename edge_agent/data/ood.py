@@ -70,6 +70,12 @@ class ImageAugment:
     lowres_p: float = 1.0  # probability of a 2x down-and-up resample (blur)
     autocontrast_p: float = 1.0  # probability of stretching a sample's pixel range to [0, 1]
     edges_p: float = 0.3  # probability of replacing a sample by its gradient magnitude (strokes on dark)
+    # Digits are sparse bright strokes, centred on black. Two more steps towards that: on Split-Digits
+    # val (seed 0, the 5 device models distilled at once, 500 steps) they took KD from 0.597 to 0.675.
+    gamma_p: float = 0.5  # probability of x ** gamma, gamma log-uniform in gamma_range (>1: sparse bright on dark)
+    gamma_range: tuple[float, float] = (1.0, 4.0)
+    frame_p: float = 0.5  # probability of shrinking the patch into a black frame (scale uniform in frame_scale)
+    frame_scale: tuple[float, float] = (0.5, 0.9)
 
 
 def _read_rgb(path: Path, max_side: int) -> torch.Tensor:
@@ -176,6 +182,12 @@ class ImageOOD:
         if a.invert_p > 0:
             inv = (torch.rand(n, generator=g) < a.invert_p).view(n, 1, 1, 1)
             x = torch.where(inv, 1 - x, x)
+        if a.gamma_p > 0:
+            lg0, lg1 = math.log(a.gamma_range[0]), math.log(a.gamma_range[1])
+            gamma = torch.exp(u(lg0, lg1)).view(n, 1, 1, 1)
+            x = torch.where((torch.rand(n, generator=g) < a.gamma_p).view(n, 1, 1, 1), x.clamp(min=0) ** gamma, x)
+        if a.frame_p > 0:
+            x = _frame(x, u(*a.frame_scale), torch.rand(n, generator=g) < a.frame_p, g)
         mean = torch.tensor(self.spec.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.spec.std).view(1, -1, 1, 1)
         return ((x - mean) / std).contiguous()
@@ -193,6 +205,20 @@ class ImageOOD:
             to_gray = (torch.rand(n, generator=g) < self.augment.gray_p).view(n, 1, 1, 1)
             x = torch.where(to_gray, _luma(x).expand_as(x), x)
         return x
+
+
+def _frame(x: torch.Tensor, scale: torch.Tensor, apply: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Shrink each selected sample by ``scale`` to a random place inside a black (0) frame."""
+    n = x.shape[0]
+    s = torch.where(apply, scale, torch.ones(n))
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (1 - s).view(n, 1)  # keep the patch inside the frame
+    inv = 1 / s
+    zeros = torch.zeros(n)
+    theta = torch.stack(
+        [torch.stack([inv, zeros, -shift[:, 0] * inv], 1), torch.stack([zeros, inv, -shift[:, 1] * inv], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _edges(x: torch.Tensor) -> torch.Tensor:
