@@ -594,7 +594,7 @@ def run_job(
         parents=[base.id] + [b.id for b in incoming],
         method=job.method,
         extra={
-            "consolidation": asdict(job.cfg),
+            "consolidation": asdict(job.cfg.for_input(base.input_spec.kind)),
             "ood": str(job.ood) if job.ood is not None else "default",
             "stream": done,
             "version": (version + len(incoming)) if isinstance(version, int) else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from central.methods import ConsolidationConfig, Teacher, get_method
@@ -228,3 +229,14 @@ def test_auto_student_init_averages_only_models_that_share_a_basin():
     dac(prev, Teacher(shuffled, known), NoiseOOD(SPEC), _cfg(student_init="auto", target_norm="none"))
     assert dac.last_init["chosen"] == "previous"
     assert dac.last_init["target_mse"]["previous"] < 1e-8 < dac.last_init["target_mse"]["average"]
+
+
+def test_unset_settings_take_the_input_kinds_defaults():
+    image = ConsolidationConfig().for_input("image")
+    audio = ConsolidationConfig().for_input("audio")
+    assert (image.lr, image.target_norm) == (3e-3, "centre")
+    assert (audio.lr, audio.target_norm) == (1e-3, "none")
+    mine = ConsolidationConfig(lr=5e-4, target_norm="none").for_input("image")  # what the user set stays
+    assert (mine.lr, mine.target_norm) == (5e-4, "none")
+    with pytest.raises(ValueError, match="target-norm must be one of none, centre"):
+        ConsolidationConfig(target_norm="mean").check()
