@@ -27,7 +27,7 @@ def init(
     arch: Annotated[str, typer.Option(help="architecture from the model zoo (cnn-s, ds-cnn)")] = "cnn-s",
     labels: Annotated[Path, typer.Option(help="text file, one label per line: the global label list")] = ...,
     input_shape: Annotated[
-        Optional[str], typer.Option(help="CxHxW for image models, e.g. 1x16x16 [default: 1x16x16; audio: from the frontend]")
+        Optional[str], typer.Option(help="CxHxW for image models, e.g. 1x16x16 (default: 1x16x16; audio: from the frontend)")
     ] = None,
     out: Annotated[Path, typer.Option(help="where to write the bundle")] = Path("central-0.safetensors"),
     seed: Annotated[int, typer.Option(help="initialisation seed")] = 0,
@@ -54,20 +54,20 @@ def consolidate(
     out: Annotated[Optional[Path], typer.Option(help="where to write the consolidated bundle")] = None,
     ood: Annotated[
         Optional[str],
-        typer.Option(help="OOD data: an image, a folder of images, an audio clip or folder, or 'noise' [default: a bundled photo / clip]"),
+        typer.Option(help="OOD data: an image, a folder of images, an audio clip or folder, or 'noise' (default: a bundled photo / clip)"),
     ] = None,
     method: Annotated[str, typer.Option(help="dac (KD + PLD), kd (logits only), avg (parameter averaging), naive")] = "dac",
     steps: Annotated[int, typer.Option(help="optimisation steps per incoming model")] = 500,
     batch_size: Annotated[int, typer.Option(help="OOD samples per step")] = 128,
     lr: Annotated[
-        Optional[float], typer.Option(help="Adam learning rate, cosine decay [default: 3e-3 for image models, 1e-3 for audio]")
+        Optional[float], typer.Option(help="Adam learning rate, cosine decay (default: 3e-3 for image models, 1e-3 for audio)")
     ] = None,
     target_norm: Annotated[
         Optional[str],
         typer.Option(
             help="centre: subtract each teacher's mean logit over its own classes before the targets are built (a "
             "device trained on some classes only learned logit differences among them); none: raw logits "
-            "[default: centre for image models, none for audio]"
+            "(default: centre for image models, none for audio)"
         ),
     ] = None,
     pld_weight: Annotated[float, typer.Option(help="weight of the projected latent loss (dac)")] = 1.0,
@@ -158,7 +158,7 @@ def evaluate(
     model: Annotated[Path, typer.Option(help="a bundle (.safetensors) or an artifact kit folder")],
     data: Annotated[Path, typer.Option(help="test data: image folders, or a Speech Commands folder")],
     stream: Annotated[
-        Optional[Path], typer.Option(help="stream.json naming each experience's classes [default: next to --data]")
+        Optional[Path], typer.Option(help="stream.json naming each experience's classes (default: next to --data)")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
@@ -194,7 +194,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="report folder (data, bundles, JSON, PNG, Markdown)")] = Path("demo-out"),
     modality: Annotated[str, typer.Option(help="image (Split-Digits) or audio (synthetic keyword spotting)")] = "image",
     steps: Annotated[
-        Optional[int], typer.Option(help="consolidation steps per device [default: 500 for images, 200 for audio]")
+        Optional[int], typer.Option(help="consolidation steps per device (default: 500 for images, 200 for audio)")
     ] = None,
     epochs: Annotated[int, typer.Option(help="device training epochs")] = 30,
     seed: Annotated[int, typer.Option()] = 0,

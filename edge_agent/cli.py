@@ -70,7 +70,7 @@ def data_digits(
 @friendly
 def data_speech(
     out: Annotated[Path, typer.Option(help="folder to write in the Google Speech Commands layout")] = Path("speech"),
-    words: Annotated[Optional[str], typer.Option(help="comma-separated words [default: the ten core words]")] = None,
+    words: Annotated[Optional[str], typer.Option(help="comma-separated words (default: the ten core words)")] = None,
     speakers_per_accent: Annotated[Optional[int], typer.Option(help="speakers per accent group")] = None,
     clips_per_speaker: Annotated[Optional[int], typer.Option(help="clips per speaker and word")] = None,
     stream: Annotated[Optional[str], typer.Option(help="also write per-device folders: domain or class")] = None,

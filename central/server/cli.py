@@ -22,7 +22,7 @@ import typer
 from central.server.admin import admin_client, consolidate_from_queue, publish_file
 from edge_agent.client.http import CentralError, CentralUnreachable
 
-SERVER_OPT = typer.Option(None, "--server", envvar="CENTRAL_SERVER", help="central URL [default: http://127.0.0.1:8080]")
+SERVER_OPT = typer.Option(None, "--server", envvar="CENTRAL_SERVER", help="central URL (default: http://127.0.0.1:8080)")
 TOKEN_OPT = typer.Option(None, "--admin-token", envvar="CENTRAL_ADMIN_TOKEN", help="admin token")
 DATA_OPT = typer.Option(None, "--data-dir", help="read the admin token from <data-dir>/admin-token")
 
