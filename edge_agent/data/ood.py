@@ -71,7 +71,7 @@ class ImageAugment:
     autocontrast_p: float = 1.0  # probability of stretching a sample's pixel range to [0, 1]
     edges_p: float = 0.3  # probability of replacing a sample by its gradient magnitude (strokes on dark)
     # Digits are sparse bright strokes, centred on black. Two more steps towards that: on Split-Digits
-    # val (seed 0, the 5 device models distilled at once, 500 steps) they took KD from 0.597 to 0.675.
+    # val (seed 0, the 5 device models distilled at once, 500 steps) they took DAC from 0.597 to 0.675.
     gamma_p: float = 0.5  # probability of x ** gamma, gamma log-uniform in gamma_range (>1: sparse bright on dark)
     gamma_range: tuple[float, float] = (1.0, 4.0)
     frame_p: float = 0.5  # probability of shrinking the patch into a black frame (scale uniform in frame_scale)
