@@ -147,7 +147,7 @@ def run_stream(kind: str, work: Path, data: Path, args, log=print) -> dict:
     ood = multilingual_ood(work / "ood-multilingual") if args.ood == "multilingual" else args.ood
     source = open_ood(ood, base.input_spec, **args.aug)
     cfg = ConsolidationConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    res["consolidation_config"] = asdict(cfg)
+    res["consolidation_config"] = asdict(cfg.for_input(base.input_spec.kind))  # the values used, not None
     res["methods"] = {}
     for m in args.methods:
         t = time.perf_counter()
