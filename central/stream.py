@@ -45,12 +45,14 @@ def train_devices(
     central-0 with this exact ``cfg`` (training is deterministic, so it is the same model).
     """
     devices = []
-    base_id = load_bundle(central0).id if reuse else None
+    base = load_bundle(central0)
+    base_id = base.id
+    recipe = json.loads(json.dumps(asdict(cfg.for_input(base.input_spec.kind))))  # as train_bundle records it
     for e in stream.experiences:
         path = out / f"{e['name']}.safetensors"
         if reuse and path.is_file():
             old = load_bundle(path)
-            if old.manifest.parents == [base_id] and old.manifest.extra.get("train") == json.loads(json.dumps(asdict(cfg))):
+            if old.manifest.parents == [base_id] and old.manifest.extra.get("train") == recipe:
                 log(f"device {e['name']}: reusing {path}")
                 devices.append(old)
                 continue

@@ -32,6 +32,13 @@ def train(
     ] = None,
     val_fraction: Annotated[float, typer.Option(help="held out per class for the local validation accuracy")] = 0.15,
     seed: Annotated[int, typer.Option(help="same seed, same data, same result")] = 0,
+    loss: Annotated[
+        Optional[str],
+        typer.Option(
+            help="ce: softmax cross-entropy over this device's classes; bce-noise: one-vs-rest BCE plus noise "
+            "inputs as negatives, which the central consolidates better (default: bce-noise for images, ce for audio)"
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune the central model on this device's classes only (masked logits).
 
@@ -41,7 +48,7 @@ def train(
     """
     from edge_agent.train import Interrupted, TrainConfig, train_bundle
 
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction, loss=loss)
     try:
         r = train_bundle(model, data, out, cfg)
     except (KeyboardInterrupt, Interrupted):

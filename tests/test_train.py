@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,13 +16,16 @@ from central.create import init_central
 from edge_agent.bundle import load_bundle
 from edge_agent.data.labeled import DataError
 from edge_agent.optim import AdamCosine
-from edge_agent.train import DEVICE_BATCH_SIZE, Interrupted, TrainConfig, train_bundle
+from edge_agent.train import DEVICE_BATCH_SIZE, Interrupted, TrainConfig, load_local_data, train_bundle
 
-CFG = TrainConfig(epochs=4, seed=3)
+CFG = TrainConfig(epochs=4, seed=3)  # image models: the bce-noise loss
+BCE = TrainConfig(epochs=10, seed=3)  # enough epochs for a bce-noise device to reach its accuracy
 
 
-def test_only_own_classes_move_in_the_head(tmp_path, central0, split_digits):
-    r = train_bundle(central0, split_digits / "dev2", tmp_path / "d.safetensors", CFG, progress=False)
+@pytest.mark.parametrize("loss", ["ce", "bce-noise"])
+def test_only_own_classes_move_in_the_head(tmp_path, central0, split_digits, loss):
+    cfg = replace(BCE, loss="bce-noise") if loss == "bce-noise" else replace(CFG, loss="ce")
+    r = train_bundle(central0, split_digits / "dev2", tmp_path / "d.safetensors", cfg, progress=False)
     before, after = load_bundle(central0).model, load_bundle(r["out"]).model
     own = [2, 3]
     others = [i for i in range(10) if i not in own]
@@ -32,6 +36,48 @@ def test_only_own_classes_move_in_the_head(tmp_path, central0, split_digits):
     assert b.manifest.trained_classes == ["2", "3"]
     assert b.manifest.parents == [load_bundle(central0).id]
     assert r["metrics"]["val_accuracy"] > 0.9
+
+
+def _own_logits(bundle_path, x, own):
+    model = load_bundle(bundle_path).model.eval()
+    with torch.no_grad():
+        return model(x)[:, own]
+
+
+def test_bce_noise_is_the_image_default_and_says_no_on_noise(tmp_path, central0, split_digits):
+    """A bce-noise device answers "mine" on its data and "not mine" on noise; a ce device has no such scale."""
+    r = train_bundle(central0, split_digits / "dev2", tmp_path / "b.safetensors", BCE, progress=False)
+    assert r["metrics"]["loss"] == "bce-noise" and r["metrics"]["val_accuracy"] > 0.9
+    assert load_bundle(r["out"]).manifest.extra["train"]["loss"] == "bce-noise"
+    data = load_local_data(split_digits / "dev2", load_bundle(central0))
+    noise = torch.randn((256, *data.x.shape[1:]), generator=torch.Generator().manual_seed(0))
+    own = [2, 3]
+    on_data, on_noise = _own_logits(r["out"], data.x, own), _own_logits(r["out"], noise, own)
+    assert (on_data.max(1).values > 0).float().mean() > 0.9  # sigmoid > 0.5: one of mine
+    assert (on_noise.max(1).values < 0).float().mean() > 0.9  # not mine
+    ce = train_bundle(central0, split_digits / "dev2", tmp_path / "c.safetensors", replace(CFG, loss="ce"), progress=False)
+    assert ce["metrics"]["loss"] == "ce" and ce["metrics"]["val_accuracy"] > 0.9
+    wb, wc = load_bundle(r["out"]).model.state_dict(), load_bundle(ce["out"]).model.state_dict()
+    assert not torch.equal(wb["head.weight"], wc["head.weight"])
+
+
+def test_a_one_class_device_learns_only_with_bce_noise(tmp_path, central0, split_digits):
+    """Softmax over a single class is constant (zero loss); one-vs-rest with negatives still teaches it."""
+    data = tmp_path / "one"
+    shutil.copytree(split_digits / "dev1" / "0", data / "0")
+    before = load_bundle(central0).model.state_dict()
+    ce = train_bundle(central0, data, tmp_path / "c.safetensors", replace(CFG, loss="ce"), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in load_bundle(ce["out"]).model.state_dict().items() if "weight" in k)
+    b = train_bundle(central0, data, tmp_path / "b.safetensors", BCE, progress=False)
+    x = load_local_data(data, load_bundle(central0)).x
+    noise = torch.randn((len(x), *x.shape[1:]), generator=torch.Generator().manual_seed(1))
+    assert _own_logits(b["out"], x, [0]).min() > _own_logits(b["out"], noise, [0]).max()
+
+
+def test_unknown_loss_is_refused(tmp_path, central0, split_digits):
+    with pytest.raises(DataError, match="unknown training loss 'mse': use one of ce, bce-noise"):
+        train_bundle(central0, split_digits / "dev1", tmp_path / "d.safetensors", replace(CFG, loss="mse"), progress=False)
+    assert not (tmp_path / "d.safetensors").exists()
 
 
 def test_refuses_labels_the_model_does_not_know(tmp_path, central0, split_digits):
@@ -125,3 +171,17 @@ def test_device_training_does_not_load_what_a_device_does_not_need(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "[]"
     assert load_bundle(tmp_path / "d.safetensors").manifest.extra["train"]["batch_size"] == DEVICE_BATCH_SIZE["audio"]
+
+
+def test_stream_reuses_a_device_only_when_its_recipe_matches(tmp_path, central0, split_digits):
+    from central.stream import Stream, train_devices
+    from edge_agent.data.labeled import LabeledSet
+
+    exps = [{"name": "dev1", "classes": ["0", "1"], "path": split_digits / "dev1"}]
+    stream = Stream(split_digits, [str(i) for i in range(10)], exps, LabeledSet(torch.zeros(0), []))
+    logs = []
+    first = train_devices(stream, central0, tmp_path, CFG, False, logs.append, reuse=True)
+    again = train_devices(stream, central0, tmp_path, CFG, False, logs.append, reuse=True)
+    assert "reusing" not in logs[0] and "reusing" in logs[1] and first[0].id == again[0].id
+    other = train_devices(stream, central0, tmp_path, replace(CFG, loss="ce"), False, logs.append, reuse=True)
+    assert "reusing" not in logs[2] and other[0].manifest.extra["train"]["loss"] == "ce"
