@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -163,6 +163,9 @@ def register(app: typer.Typer) -> None:
         data: Annotated[Path, typer.Option(help="local data: one folder per class")],
         epochs: int = typer.Option(30, help="fine-tuning epochs"),
         seed: int = typer.Option(0),
+        loss: Optional[str] = typer.Option(
+            None, help="ce or bce-noise, as for edge-agent train (default: bce-noise for images, ce for audio)"
+        ),
     ) -> None:
         """Pull the current model, fine-tune it on local data, upload the result, in one go."""
         from edge_agent.client.outbox import Outbox
@@ -174,7 +177,7 @@ def register(app: typer.Typer) -> None:
             _deliver(home, c)  # earlier work first: arrival order is consolidation order
             p = pull_model(c, home)
             out = home.trained / f"from-v{p.version}-{time.strftime('%Y%m%dT%H%M%S')}.safetensors"
-            cfg = TrainConfig(epochs=epochs, seed=seed, batch_size=None)  # None: the device default for its kind
+            cfg = TrainConfig(epochs=epochs, seed=seed, batch_size=None, loss=loss)  # None: the device default for its kind
             info = train_bundle(p.path, data, out, cfg=cfg, progress=sys.stderr.isatty())
             typer.echo(f"trained on {', '.join(info['classes'])} -> {out}")
             Outbox(home.outbox).add(out, p.version)
