@@ -57,7 +57,9 @@ def consolidate(
         typer.Option(help="OOD data: an image, a folder of images, an audio clip or folder, or 'noise' (default: a bundled photo / clip)"),
     ] = None,
     method: Annotated[str, typer.Option(help="dac (KD + PLD), kd (logits only), avg (parameter averaging), naive")] = "dac",
-    steps: Annotated[int, typer.Option(help="optimisation steps per incoming model")] = 500,
+    steps: Annotated[
+        Optional[int], typer.Option(help="optimisation steps per incoming model (default: 1000 for images, 500 for audio)")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="OOD samples per step")] = 128,
     lr: Annotated[
         Optional[float], typer.Option(help="Adam learning rate, cosine decay (default: 3e-3 for image models, 1e-3 for audio)")
@@ -194,7 +196,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="report folder (data, bundles, JSON, PNG, Markdown)")] = Path("demo-out"),
     modality: Annotated[str, typer.Option(help="image (Split-Digits) or audio (synthetic keyword spotting)")] = "image",
     steps: Annotated[
-        Optional[int], typer.Option(help="consolidation steps per device (default: 500 for images, 200 for audio)")
+        Optional[int], typer.Option(help="consolidation steps per device (default: 1000 for images, 200 for audio)")
     ] = None,
     epochs: Annotated[int, typer.Option(help="device training epochs")] = 30,
     seed: Annotated[int, typer.Option()] = 0,
@@ -208,13 +210,13 @@ def demo(
     if via_server:
         from central.demo_server import run_server_demo
 
-        r = run_server_demo(out, epochs=epochs, steps=steps or 500, log=typer.echo)
+        r = run_server_demo(out, epochs=epochs, steps=steps or 1000, log=typer.echo)
         typer.echo(f"server demo done in {r['wall_seconds']:.0f} s: {out / 'server-demo.json'}")
         return
     if modality == "image":
         from central.demo import run_demo
 
-        report = run_demo(out, names, steps=steps or 500, epochs=epochs, seed=seed, log=typer.echo)
+        report = run_demo(out, names, steps=steps or 1000, epochs=epochs, seed=seed, log=typer.echo)
     elif modality == "audio":
         from central.demo_audio import run_audio_demo
 

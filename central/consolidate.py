@@ -88,10 +88,13 @@ def consolidate_step(
 ) -> tuple[EdgeModel, list[str], dict]:
     """One consolidation: returns the new model, the classes it knows, and an info dict.
 
+    Settings left at None in ``cfg`` take the defaults of the incoming model's input kind.
+
     ``current_support`` counts the devices behind each of ``current_classes`` (default:
     one each); the info dict has the updated count under ``class_support`` besides
     ``cpu_seconds`` and ``wall_seconds``.
     """
+    cfg = cfg.for_input(incoming.input_spec.kind)
     labels = incoming.labels
     new_classes, support, new_support = merged_support(labels, current_classes, current_support, incoming)
     t0 = time.process_time()

@@ -29,7 +29,7 @@ def split_digits_stream(data: Path, spec) -> Stream:
 def run_demo(
     out: Path,
     methods: tuple[str, ...] = ("naive", "dac"),
-    steps: int = 500,
+    steps: int = 1000,  # the image default of ConsolidationConfig (KIND_DEFAULTS)
     epochs: int = 30,
     seed: int = 0,
     ood: str | None = None,

@@ -47,7 +47,7 @@ def run_server_demo(
     out: Path,
     rounds: tuple[tuple[str, ...], ...] = (("dev1", "dev2", "dev3"), ("dev4", "dev5")),
     epochs: int = 30,
-    steps: int = 500,
+    steps: int = 1000,  # the image default of ConsolidationConfig (KIND_DEFAULTS)
     kit_format: str = "onnx-int8",
     log=print,
 ) -> dict:

@@ -281,6 +281,7 @@ class DataParallelDistill:
         cfg: ConsolidationConfig,
         progress: Callable[[int, dict], None] | None = None,
     ) -> EdgeModel:
+        cfg = cfg.for_input(ood.spec.kind)
         s = self.setup(previous, incoming, ood, cfg)
         while s.step < cfg.steps:
             losses = self.step(s)
@@ -517,7 +518,7 @@ def run_job(
     for i in range(start, len(incoming)):
         b = incoming[i]
         where.position, where.step = i, 0
-        step_cfg = ConsolidationConfig(**{**asdict(job.cfg), "seed": job.cfg.seed + i})  # as consolidate_files
+        step_cfg = ConsolidationConfig(**{**asdict(job.cfg.for_input(b.input_spec.kind)), "seed": job.cfg.seed + i})
         new_classes, support, new_support = merged_support(labels, classes, support, b)  # as consolidate_step
         t0, w0 = time.process_time(), time.perf_counter()
         if not classes:
