@@ -210,13 +210,13 @@ def demo(
     if via_server:
         from central.demo_server import run_server_demo
 
-        r = run_server_demo(out, epochs=epochs, steps=steps or 1000, log=typer.echo)
+        r = run_server_demo(out, epochs=epochs, steps=steps, log=typer.echo)
         typer.echo(f"server demo done in {r['wall_seconds']:.0f} s: {out / 'server-demo.json'}")
         return
     if modality == "image":
         from central.demo import run_demo
 
-        report = run_demo(out, names, steps=steps or 1000, epochs=epochs, seed=seed, log=typer.echo)
+        report = run_demo(out, names, steps=steps, epochs=epochs, seed=seed, log=typer.echo)
     elif modality == "audio":
         from central.demo_audio import run_audio_demo
 

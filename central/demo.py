@@ -29,7 +29,7 @@ def split_digits_stream(data: Path, spec) -> Stream:
 def run_demo(
     out: Path,
     methods: tuple[str, ...] = ("naive", "dac"),
-    steps: int = 1000,  # the image default of ConsolidationConfig (KIND_DEFAULTS)
+    steps: int | None = None,  # None: ConsolidationConfig's image default (KIND_DEFAULTS)
     epochs: int = 30,
     seed: int = 0,
     ood: str | None = None,
@@ -47,7 +47,7 @@ def run_demo(
     log(f"Split-Digits: {len(stream.experiences)} devices, {len(stream.test)} test images; central-0 {base.id[:12]}")
     devices = train_devices(stream, central0, out / "devices", TrainConfig(epochs=epochs, seed=seed), progress, log)
     source = open_ood(ood, base.input_spec)
-    cfg = ConsolidationConfig(steps=steps, seed=seed)
+    cfg = ConsolidationConfig(steps=steps, seed=seed).for_input(base.input_spec.kind)
     results = {}
     for m in methods:
         r = run_method(stream, base, devices, source, m, cfg, progress, log)
@@ -58,7 +58,7 @@ def run_demo(
         "stream": "split-digits",
         "experiences": [{"name": e["name"], "classes": e["classes"]} for e in stream.experiences],
         "ood": ood or "scikit-learn china.jpg",
-        "consolidation": {"steps": steps, "seed": seed},
+        "consolidation": {"steps": cfg.steps, "seed": seed},
         "device_training": {"epochs": epochs, "seed": seed},
         "methods": results,
         "wall_seconds": time.perf_counter() - t0,

@@ -21,6 +21,7 @@ import httpx
 
 from central.create import init_central
 from central.evaluate_cli import evaluate_path
+from central.methods import ConsolidationConfig
 from edge_agent.data.digits import write_split_digits
 
 BIN = Path(sys.executable).parent
@@ -47,11 +48,12 @@ def run_server_demo(
     out: Path,
     rounds: tuple[tuple[str, ...], ...] = (("dev1", "dev2", "dev3"), ("dev4", "dev5")),
     epochs: int = 30,
-    steps: int = 1000,  # the image default of ConsolidationConfig (KIND_DEFAULTS)
+    steps: int | None = None,  # None: ConsolidationConfig's image default (KIND_DEFAULTS)
     kit_format: str = "onnx-int8",
     log=print,
 ) -> dict:
     t0 = time.perf_counter()
+    steps = ConsolidationConfig(steps=steps).for_input("image").steps  # Split-Digits: an image model
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     write_split_digits(data)

@@ -203,8 +203,10 @@ class DataParallelDistill:
         return cfg.batch_size // self.ctx.world_size
 
     def setup(self, previous: Teacher, incoming: Teacher, ood: OODSource, cfg: ConsolidationConfig) -> RunState:
-        """Student, projections, optimizer and generator, in the order ``Distill.__call__`` makes them."""
-        cfg = cfg.for_input(ood.spec.kind)
+        """Student, projections, optimizer and generator, in the order ``Distill.__call__`` makes them.
+
+        ``cfg`` is resolved for the input kind (:meth:`ConsolidationConfig.for_input`) by the callers.
+        """
         dev = self.ctx.device
         teachers = [
             Teacher(t.model.to(dev), t.known.to(dev), None if t.support is None else t.support.to(dev))

@@ -45,9 +45,10 @@ def train_devices(
     central-0 with this exact ``cfg`` (training is deterministic, so it is the same model).
     """
     devices = []
-    base = load_bundle(central0)
-    base_id = base.id
-    recipe = json.loads(json.dumps(asdict(cfg.for_input(base.input_spec.kind))))  # as train_bundle records it
+    if reuse:
+        base = load_bundle(central0)
+        base_id = base.id
+        recipe = json.loads(json.dumps(asdict(cfg.for_input(base.input_spec.kind))))  # as train_bundle records it
     for e in stream.experiences:
         path = out / f"{e['name']}.safetensors"
         if reuse and path.is_file():
