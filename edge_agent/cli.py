@@ -39,6 +39,12 @@ def train(
             "inputs as negatives, which the central consolidates better (default: bce-noise for images, ce for audio)"
         ),
     ] = None,
+    negatives: Annotated[
+        Optional[float],
+        typer.Option(
+            help="bce-noise only: weight of the noise-negatives term, 0 for plain one-vs-rest BCE (default: 0.3)"
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune the central model on this device's classes only (masked logits).
 
@@ -46,9 +52,13 @@ def train(
 
     Example: [bold]edge-agent train --model central-0.safetensors --data dev1/ --out dev1.safetensors --epochs 30 --seed 1[/]
     """
+    from dataclasses import replace
+
     from edge_agent.train import Interrupted, TrainConfig, train_bundle
 
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction, loss=loss)
+    if negatives is not None:
+        cfg = replace(cfg, negatives=negatives)
     try:
         r = train_bundle(model, data, out, cfg)
     except (KeyboardInterrupt, Interrupted):

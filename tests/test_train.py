@@ -78,6 +78,16 @@ def test_unknown_loss_is_refused(tmp_path, central0, split_digits):
     with pytest.raises(DataError, match="unknown training loss 'mse': use one of ce, bce-noise"):
         train_bundle(central0, split_digits / "dev1", tmp_path / "d.safetensors", replace(CFG, loss="mse"), progress=False)
     assert not (tmp_path / "d.safetensors").exists()
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    args = ["train", "--model", str(central0), "--data", str(split_digits / "dev1"), "--out", str(tmp_path / "d.safetensors")]
+    for bad in ("-1", "nan"):
+        r = CliRunner().invoke(app, [*args, "--negatives", bad])
+        assert r.exit_code != 0
+        assert f"the weight of the noise negatives must be 0 or more, not {float(bad)}" in r.output
+    assert not (tmp_path / "d.safetensors").exists()
 
 
 def test_refuses_labels_the_model_does_not_know(tmp_path, central0, split_digits):
