@@ -47,8 +47,8 @@ KIND_DEFAULTS: dict[str, dict[str, object]] = {
 class ConsolidationConfig:
     """Settings of one consolidation (steps of ``batch_size`` OOD samples, Adam with cosine decay).
 
-    Defaults were chosen on Split-Digits val; every alternative below is measured in
-    ``benchmarks/results/dcl-ablations.md``.
+    Defaults were chosen on Split-Digits val; the main alternatives are measured in
+    ``benchmarks/results/dcl-ablations.md`` (today's defaults) and ``dcl-ablations-masked-ce.md`` (earlier ones).
     """
 
     steps: int | None = None  # None: the input kind's default (KIND_DEFAULTS)
