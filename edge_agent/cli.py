@@ -36,13 +36,15 @@ def train(
         Optional[str],
         typer.Option(
             help="ce: softmax cross-entropy over this device's classes; bce-noise: one-vs-rest BCE plus noise "
-            "inputs as negatives, which the central consolidates better (default: bce-noise for images, ce for audio)"
+            "inputs as negatives; bce-jigsaw: the same with this device's own inputs, quadrants shuffled, as the "
+            "negatives. The bce losses put devices on one scale, which the central consolidates better "
+            "(default: bce-jigsaw for images, ce for audio)"
         ),
     ] = None,
     negatives: Annotated[
         Optional[float],
         typer.Option(
-            help="bce-noise only: weight of the noise-negatives term, 0 for plain one-vs-rest BCE (default: 0.3)"
+            help="bce-noise and bce-jigsaw: weight of the negatives term, 0 for plain one-vs-rest BCE (default: 0.3)"
         ),
     ] = None,
 ) -> None:

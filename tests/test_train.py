@@ -16,15 +16,15 @@ from central.create import init_central
 from edge_agent.bundle import load_bundle
 from edge_agent.data.labeled import DataError
 from edge_agent.optim import AdamCosine
-from edge_agent.train import DEVICE_BATCH_SIZE, Interrupted, TrainConfig, load_local_data, train_bundle
+from edge_agent.train import DEVICE_BATCH_SIZE, Interrupted, TrainConfig, jigsaw, load_local_data, train_bundle
 
-CFG = TrainConfig(epochs=4, seed=3)  # image models: the bce-noise loss
-BCE = TrainConfig(epochs=10, seed=3)  # enough epochs for a bce-noise device to reach its accuracy
+CFG = TrainConfig(epochs=4, seed=3)  # image models: the bce-jigsaw loss
+BCE = TrainConfig(epochs=10, seed=3)  # enough epochs for a bce-* device to reach its accuracy
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce-noise"])
+@pytest.mark.parametrize("loss", ["ce", "bce-noise", "bce-jigsaw"])
 def test_only_own_classes_move_in_the_head(tmp_path, central0, split_digits, loss):
-    cfg = replace(BCE, loss="bce-noise") if loss == "bce-noise" else replace(CFG, loss="ce")
+    cfg = replace(CFG, loss="ce") if loss == "ce" else replace(BCE, loss=loss)
     r = train_bundle(central0, split_digits / "dev2", tmp_path / "d.safetensors", cfg, progress=False)
     before, after = load_bundle(central0).model, load_bundle(r["out"]).model
     own = [2, 3]
@@ -44,17 +44,47 @@ def _own_logits(bundle_path, x, own):
         return model(x)[:, own]
 
 
-def test_bce_noise_is_the_image_default_and_says_no_on_noise(tmp_path, central0, split_digits):
-    """A bce-noise device answers "mine" on its data and "not mine" on noise; a ce device has no such scale."""
+def test_jigsaw_shuffles_quadrants_and_never_returns_the_input():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 1, 16, 16)
+    y = jigsaw(x, g)
+    assert not (y == x).flatten(1).all(1).any()  # no sample kept its own order
+    quads = lambda t: t.reshape(len(t), 1, 2, 8, 2, 8).permute(0, 2, 4, 1, 3, 5).reshape(len(t), 4, -1)  # noqa: E731
+    qx, qy = quads(x), quads(y)
+    for i in range(len(x)):  # every output quadrant is one of the sample's own, each used once
+        match = (qy[i][:, None] == qx[i][None]).all(-1)
+        assert match.sum(1).eq(1).all() and match.sum(0).eq(1).all()
+    assert torch.equal(jigsaw(x, torch.Generator().manual_seed(5)), jigsaw(x, torch.Generator().manual_seed(5)))
+    odd = torch.randn(4, 1, 5, 7)
+    z = jigsaw(odd, g)
+    assert torch.equal(z[:, :, 4], odd[:, :, 4]) and torch.equal(z[:, :, :, 6], odd[:, :, :, 6])
+
+
+def test_bce_jigsaw_is_the_image_default_and_says_no_on_shuffled_digits(tmp_path, central0, split_digits):
+    """A bce-jigsaw device answers "mine" on its data and "not mine" on its data quadrant-shuffled."""
     r = train_bundle(central0, split_digits / "dev2", tmp_path / "b.safetensors", BCE, progress=False)
+    assert r["metrics"]["loss"] == "bce-jigsaw" and r["metrics"]["val_accuracy"] > 0.9
+    assert load_bundle(r["out"]).manifest.extra["train"]["loss"] == "bce-jigsaw"
+    data = load_local_data(split_digits / "dev2", load_bundle(central0))
+    shuffled = jigsaw(data.x, torch.Generator().manual_seed(123))
+    own = [2, 3]
+    on_data, on_neg = _own_logits(r["out"], data.x, own), _own_logits(r["out"], shuffled, own)
+    assert (on_data.max(1).values > 0).float().mean() > 0.9  # sigmoid > 0.5: one of mine
+    assert (on_neg.max(1).values < 0).float().mean() > 0.8  # not mine (a shuffled 3 can still look like a 3)
+
+
+def test_a_bce_noise_device_says_no_on_noise_and_ce_has_no_scale(tmp_path, central0, split_digits):
+    """A bce-noise device answers "mine" on its data and "not mine" on noise; a ce device has no such scale."""
+    r = train_bundle(central0, split_digits / "dev2", tmp_path / "b.safetensors", replace(BCE, loss="bce-noise"), progress=False)
     assert r["metrics"]["loss"] == "bce-noise" and r["metrics"]["val_accuracy"] > 0.9
-    assert load_bundle(r["out"]).manifest.extra["train"]["loss"] == "bce-noise"
     data = load_local_data(split_digits / "dev2", load_bundle(central0))
     noise = torch.randn((256, *data.x.shape[1:]), generator=torch.Generator().manual_seed(0))
     own = [2, 3]
     on_data, on_noise = _own_logits(r["out"], data.x, own), _own_logits(r["out"], noise, own)
     assert (on_data.max(1).values > 0).float().mean() > 0.9  # sigmoid > 0.5: one of mine
     assert (on_noise.max(1).values < 0).float().mean() > 0.9  # not mine
+    shuffled = jigsaw(data.x, torch.Generator().manual_seed(123))
+    assert (_own_logits(r["out"], shuffled, own).max(1).values < 0).float().mean() < 0.5  # what bce-jigsaw adds
     ce = train_bundle(central0, split_digits / "dev2", tmp_path / "c.safetensors", replace(CFG, loss="ce"), progress=False)
     assert ce["metrics"]["loss"] == "ce" and ce["metrics"]["val_accuracy"] > 0.9
     wb, wc = load_bundle(r["out"]).model.state_dict(), load_bundle(ce["out"]).model.state_dict()
@@ -68,14 +98,14 @@ def test_a_one_class_device_learns_only_with_bce_noise(tmp_path, central0, split
     before = load_bundle(central0).model.state_dict()
     ce = train_bundle(central0, data, tmp_path / "c.safetensors", replace(CFG, loss="ce"), progress=False)
     assert all(torch.equal(before[k], v) for k, v in load_bundle(ce["out"]).model.state_dict().items() if "weight" in k)
-    b = train_bundle(central0, data, tmp_path / "b.safetensors", BCE, progress=False)
+    b = train_bundle(central0, data, tmp_path / "b.safetensors", replace(BCE, loss="bce-noise"), progress=False)
     x = load_local_data(data, load_bundle(central0)).x
     noise = torch.randn((len(x), *x.shape[1:]), generator=torch.Generator().manual_seed(1))
     assert _own_logits(b["out"], x, [0]).min() > _own_logits(b["out"], noise, [0]).max()
 
 
 def test_unknown_loss_is_refused(tmp_path, central0, split_digits):
-    with pytest.raises(DataError, match="unknown training loss 'mse': use one of ce, bce-noise"):
+    with pytest.raises(DataError, match="unknown training loss 'mse': use one of ce, bce-noise, bce-jigsaw"):
         train_bundle(central0, split_digits / "dev1", tmp_path / "d.safetensors", replace(CFG, loss="mse"), progress=False)
     assert not (tmp_path / "d.safetensors").exists()
     from typer.testing import CliRunner
@@ -86,7 +116,7 @@ def test_unknown_loss_is_refused(tmp_path, central0, split_digits):
     for bad in ("-1", "nan"):
         r = CliRunner().invoke(app, [*args, "--negatives", bad])
         assert r.exit_code != 0
-        assert f"the weight of the noise negatives must be 0 or more, not {float(bad)}" in r.output
+        assert f"the weight of the negatives must be 0 or more, not {float(bad)}" in r.output
     assert not (tmp_path / "d.safetensors").exists()
 
 

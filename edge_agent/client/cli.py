@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(30, help="fine-tuning epochs"),
         seed: int = typer.Option(0),
         loss: Optional[str] = typer.Option(
-            None, help="ce or bce-noise, as for edge-agent train (default: bce-noise for images, ce for audio)"
+            None, help="ce, bce-noise or bce-jigsaw, as for edge-agent train (default: bce-jigsaw for images, ce for audio)"
         ),
     ) -> None:
         """Pull the current model, fine-tune it on local data, upload the result, in one go."""
