@@ -53,7 +53,7 @@ VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
     "steps 500": ({"steps": 500}, None, None, "dac"),
     "BN frozen": ({"bn_mode": "frozen"}, None, None, "dac"),
     "BN re-estimated": ({"bn_mode": "reestimate"}, None, None, "dac"),
-    "targets raw (not centred)": ({"target_norm": "none"}, None, None, "dac"),
+    "targets centred": ({"target_norm": "centre"}, None, None, "dac"),
     "student from the previous central": ({"student_init": "previous"}, None, None, "dac"),
     "devices from the latest central": ({}, None, None, "dac-lag1"),
     "async: devices one version behind": ({}, None, None, "dac-lag2"),

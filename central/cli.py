@@ -68,8 +68,8 @@ def consolidate(
         Optional[str],
         typer.Option(
             help="centre: subtract each teacher's mean logit over its own classes before the targets are built (a "
-            "device trained on some classes only learned logit differences among them); none: raw logits "
-            "(default: centre for image models, none for audio)"
+            "device trained with softmax on some classes only learned logit differences among them); none: raw "
+            "logits, for devices trained with negatives (edge-agent's bce losses) (default: none)"
         ),
     ] = None,
     pld_weight: Annotated[float, typer.Option(help="weight of the projected latent loss (dac)")] = 1.0,

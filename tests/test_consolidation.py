@@ -234,9 +234,9 @@ def test_auto_student_init_averages_only_models_that_share_a_basin():
 def test_unset_settings_take_the_input_kinds_defaults():
     image = ConsolidationConfig().for_input("image")
     audio = ConsolidationConfig().for_input("audio")
-    assert (image.steps, image.lr, image.target_norm) == (1000, 3e-3, "centre")
+    assert (image.steps, image.lr, image.target_norm) == (1000, 3e-3, "none")
     assert (audio.steps, audio.lr, audio.target_norm) == (500, 1e-3, "none")
-    mine = ConsolidationConfig(steps=7, lr=5e-4, target_norm="none").for_input("image")  # what the user set stays
-    assert (mine.steps, mine.lr, mine.target_norm) == (7, 5e-4, "none")
+    mine = ConsolidationConfig(steps=7, lr=5e-4, target_norm="centre").for_input("image")  # what the user set stays
+    assert (mine.steps, mine.lr, mine.target_norm) == (7, 5e-4, "centre")
     with pytest.raises(ValueError, match="target-norm must be one of none, centre"):
         ConsolidationConfig(target_norm="mean").check()
