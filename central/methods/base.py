@@ -50,7 +50,8 @@ class ConsolidationConfig:
     """Settings of one consolidation (steps of ``batch_size`` OOD samples, Adam with cosine decay).
 
     Defaults were chosen on Split-Digits val; the main alternatives are measured in
-    ``benchmarks/results/dcl-ablations.md`` (today's defaults) and ``dcl-ablations-masked-ce.md`` (earlier ones).
+    ``benchmarks/results/dcl-ablations.md`` (session-7 defaults: bce-noise devices, centred targets) and
+    ``dcl-ablations-masked-ce.md`` (earlier ones).
     """
 
     steps: int | None = None  # None: the input kind's default (KIND_DEFAULTS)

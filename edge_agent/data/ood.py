@@ -65,7 +65,8 @@ class ImageAugment:
     # The four knobs below move patches towards small grayscale stroke images (digits:
     # bright strokes on a dark background, upsampled from 8x8). On Split-Digits val they
     # took DAC from 0.425 to 0.636 final average accuracy (benchmarks/results/dcl-ablations-masked-ce.md);
-    # at today's defaults, these and the two below together take it from 0.676 to 0.842 (dcl-ablations.md).
+    # at the session-7 defaults (bce-noise devices, centred targets), these and the two below together take it
+    # from 0.676 to 0.842 (dcl-ablations.md).
     invert_p: float = 0.5
     cutmix_p: float = 1.0
     lowres_p: float = 1.0  # probability of a 2x down-and-up resample (blur)
