@@ -484,12 +484,12 @@ def markdown(report: dict) -> str:
 
 
 def _seed_job(job: tuple) -> dict:
-    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment, pull_latest = job
+    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment, pull_latest, ood_source = job
     torch.set_num_threads(1)
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if quiet else print
     setup = load_stream(stream, work, seed, split, write=False)
     log(f"seed {seed}: {stream}, {len(setup.stream.experiences)} devices, {len(setup.stream.test)} {split} samples")
-    ood = open_ood(setup.ood, setup.base.input_spec, **augment)
+    ood = open_ood(ood_source or setup.ood, setup.base.input_spec, **augment)
     cfg = ConsolidationConfig(**{**asdict(cfg), "seed": seed})
     return run_seed(setup, ood, cfg, work, ft_epochs, log, methods, reuse, pull_latest)
 
@@ -567,12 +567,20 @@ def main(argv: list[str] | None = None) -> dict:
         help="what devices 2..T fine-tune: central-0 (the same device models for every method) or latest "
         "(each method's current central, as edge-agent does; results get a -latest suffix)",
     )
+    ap.add_argument(
+        "--ood",
+        default=None,
+        help="OOD source: an image or audio file, a folder of them, 'noise', or 'multilingual' (audio: the bundled "
+        "German sentence and five more languages, synthesised into --work) (default: the bundled photo or clip)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the result files (side experiments)")
     args = ap.parse_args(argv)
     methods = tuple(m for m in args.methods.split(",") if m)
     unknown = set(methods) - set(METHODS + BOUNDS)
     if unknown:
         ap.error(f"unknown method(s) {', '.join(sorted(unknown))}")
+    if args.ood not in (None, "noise", "multilingual") and not Path(args.ood).exists():
+        ap.error(f"--ood {args.ood}: no such file or folder")
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only add contention
     t0 = time.perf_counter()
     # Write the data once, before any worker reads it; the stream sets its own consolidation defaults.
@@ -580,10 +588,15 @@ def main(argv: list[str] | None = None) -> dict:
     over = first.consolidation | ({} if args.steps is None else {"steps": args.steps}) | config_overrides(args.set)
     cfg = ConsolidationConfig(**over)
     augment = augment_overrides(args.augment)
+    ood_source = args.ood
+    if ood_source == "multilingual":
+        from benchmarks.kws import multilingual_ood
+
+        ood_source = str(multilingual_ood(args.work / "ood-multilingual"))
     jobs = [
         (
             *(args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json, methods),
-            *(args.reuse_devices, augment, args.devices == "latest"),
+            *(args.reuse_devices, augment, args.devices == "latest", ood_source),
         )
         for seed in range(args.seeds)
     ]
@@ -605,7 +618,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seeds": args.seeds,
         "command": "python -m benchmarks.dcl " + " ".join(argv if argv is not None else sys.argv[1:]),
         "experiences": [{"name": e["name"], "classes": e["classes"]} for e in setup.stream.experiences],
-        "ood": setup.ood or "default (image: scikit-learn china.jpg)",
+        "ood": args.ood or setup.ood or "default (image: scikit-learn china.jpg; audio: the bundled German sentence)",
         "ood_augment": augment,
         "consolidation": asdict(cfg.for_input(setup.base.input_spec.kind)) | {"seed": "per seed"},
         "device_training": asdict(setup.train) | {"seed": "per seed"},
