@@ -50,7 +50,7 @@ class ConsolidationConfig:
     """Settings of one consolidation (steps of ``batch_size`` OOD samples, Adam with cosine decay).
 
     Defaults were chosen on Split-Digits val; the main alternatives are measured in
-    ``benchmarks/results/dcl-ablations.md`` (session-7 defaults: bce-noise devices, centred targets) and
+    ``benchmarks/results/dcl-ablations.md`` (session-8 defaults: bce-jigsaw devices, raw targets) and
     ``dcl-ablations-masked-ce.md`` (earlier ones).
     """
 

@@ -65,8 +65,9 @@ class ImageAugment:
     # The four knobs below move patches towards small grayscale stroke images (digits:
     # bright strokes on a dark background, upsampled from 8x8). On Split-Digits val they
     # took DAC from 0.425 to 0.636 final average accuracy (benchmarks/results/dcl-ablations-masked-ce.md);
-    # at the session-7 defaults (bce-noise devices, centred targets), these and the two below together take it
-    # from 0.676 to 0.842 (dcl-ablations.md).
+    # at the session-7 defaults (bce-noise devices, centred targets), these and the two below together took it
+    # from 0.676 to 0.842; at the session-8 defaults (bce-jigsaw devices, raw targets), from 0.364 to 0.860
+    # (dcl-ablations.md, val, seed 0).
     invert_p: float = 0.5
     cutmix_p: float = 1.0
     lowres_p: float = 1.0  # probability of a 2x down-and-up resample (blur)
