@@ -581,6 +581,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"unknown method(s) {', '.join(sorted(unknown))}")
     if args.ood not in (None, "noise", "multilingual") and not Path(args.ood).exists():
         ap.error(f"--ood {args.ood}: no such file or folder")
+    if args.ood == "multilingual" and not args.stream.startswith("kws"):
+        ap.error("--ood multilingual is speech: use it with a kws stream")
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only add contention
     t0 = time.perf_counter()
     # Write the data once, before any worker reads it; the stream sets its own consolidation defaults.
