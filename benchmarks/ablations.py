@@ -68,9 +68,9 @@ def ood_source(kind: str | None, spec, aug: dict | None, tmp: Path):
     if kind == "noise":
         return open_ood("noise", spec)
     if kind == "flower":
-        from edge_agent.data.ood import sample_photo_path
+        from importlib import resources
 
-        return open_ood(sample_photo_path("flower.jpg"), spec, **augment)
+        return open_ood(Path(str(resources.files("sklearn") / "datasets" / "images" / "flower.jpg")), spec, **augment)
     if kind == "folder":
         import skimage.data as sd
         from PIL import Image

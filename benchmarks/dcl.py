@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seeds": args.seeds,
         "command": "python -m benchmarks.dcl " + " ".join(argv if argv is not None else sys.argv[1:]),
         "experiences": [{"name": e["name"], "classes": e["classes"]} for e in setup.stream.experiences],
-        "ood": args.ood or setup.ood or "default (image: scikit-learn china.jpg; audio: the bundled German sentence)",
+        "ood": args.ood or setup.ood or "default (image: the bundled photo (edge_agent/assets/ood-photo.jpg); audio: the bundled German sentence)",
         "ood_augment": augment,
         "consolidation": asdict(cfg.for_input(setup.base.input_spec.kind)) | {"seed": "per seed"},
         "device_training": asdict(setup.train) | {"seed": "per seed"},

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.cli_support import friendly, register_optional
+from edge_agent.cli_support import friendly, register_optional, run_app
 
 app = typer.Typer(
     help="The central: consolidates device models into one multi-task model without any device data.",
@@ -233,7 +233,7 @@ register_optional(app, ("export.cli", "central.server.cli"))
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

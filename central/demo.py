@@ -57,7 +57,7 @@ def run_demo(
     report = {
         "stream": "split-digits",
         "experiences": [{"name": e["name"], "classes": e["classes"]} for e in stream.experiences],
-        "ood": ood or "scikit-learn china.jpg",
+        "ood": ood or "the bundled photo (edge_agent/assets/ood-photo.jpg)",
         "consolidation": {"steps": cfg.steps, "seed": seed},
         "device_training": {"epochs": epochs, "seed": seed},
         "methods": results,

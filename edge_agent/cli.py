@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_agent.cli_support import friendly, register_optional
+from edge_agent.cli_support import friendly, register_optional, run_app
 
 app = typer.Typer(
     help="The edge agent: fine-tunes the central model on this device's own data; no raw data leaves the device.",
@@ -119,7 +119,7 @@ register_optional(app, ("edge_agent.infer_cli", "edge_agent.client.cli", "edge_a
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

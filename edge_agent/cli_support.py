@@ -3,9 +3,56 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 
 import typer
+
+EXIT_MISSING_EXTRA = 2
+
+# Third-party module -> the extra of edge-dcl that brings it (pyproject.toml).
+EXTRA_OF_MODULE = {
+    "torch": "train",
+    "safetensors": "train",
+    "scipy": "train",
+    "onnxruntime": "onnx",
+    "ai_edge_litert": "litert",
+    "tflite_runtime": "litert",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnx_ir": "export",
+    "litert_torch": "export",
+    "torchao": "export",
+    "ai_edge_quantizer": "export",
+    "sklearn": "data",
+    "espeakng_loader": "data",
+    "fastapi": "central",
+    "uvicorn": "central",
+    "sqlalchemy": "central",
+    "skimage": "central",
+    "matplotlib": "central",
+}
+
+
+def missing_extra(e: ImportError) -> str | None:
+    """The one-line message for an import of an optional extra that is not installed (else None)."""
+    top = (e.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    return f"this command needs the [{extra}] extra ({top} is not installed): pip install 'edge-dcl[{extra}]'"
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run a typer app; a missing extra becomes one line and exit 2, never a traceback."""
+    try:
+        app()
+    except ImportError as e:
+        msg = missing_extra(e)
+        if msg is None:
+            raise
+        typer.secho(f"error: {msg}", err=True, fg="red")
+        sys.exit(EXIT_MISSING_EXTRA)
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -32,16 +79,18 @@ def friendly(fn: Callable) -> Callable:
 
 
 def register_optional(app: typer.Typer, modules: tuple[str, ...]) -> None:
-    """Add the commands of ``modules`` (each has ``register(app)``) whose extras are installed.
+    """Add the commands of ``modules`` (each has ``register(app)``).
 
-    A device install without the converter or server stacks simply lacks those commands.
+    Every command is listed whatever is installed: one whose extra is missing says which
+    extra to install when run (:func:`run_app`). Only a module whose own top-level imports
+    need a missing extra is left out of ``--help``.
     """
     for module in modules:
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError as e:
-            # Only a missing third-party extra hides a command; a broken import of our own code must fail loudly.
-            if (e.name or "").split(".")[0] in {"edge_agent", "central", "export", "benchmarks"}:
+            # A broken import of our own code must fail loudly.
+            if missing_extra(e) is None:
                 raise
             continue
         mod.register(app)

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from edge_agent.data.labeled import DataError
-from edge_agent.data.ood import ImageAugment, ImageOOD, sample_photo_path
+from edge_agent.data.ood import ImageAugment, ImageOOD, default_photo_path
 from edge_agent.inputs import InputSpec
 
 SPEC = InputSpec(kind="image", shape=(1, 16, 16), mean=(0.5,), std=(0.5,))
 
 
 def _source(**augment) -> ImageOOD:
-    return ImageOOD.from_path(sample_photo_path(), SPEC, ImageAugment(**augment))
+    return ImageOOD.from_path(default_photo_path(), SPEC, ImageAugment(**augment))
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:

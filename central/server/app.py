@@ -51,6 +51,7 @@ class ServerConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     kit_formats: tuple[str, ...] = DEFAULT_FORMATS
     kit_builder: str | None = None  # "module:function"; None = export.kit
+    calib_ood: str | None = None  # int8 calibration source for kits; None = the bundled OOD photo / clip
 
 
 @dataclass
@@ -87,7 +88,7 @@ class State:
         self.recovery = self.registry.recover()
         self.signer = ReleaseSigner(cfg.data_dir)
         self.admin_hash = token_hash(load_or_create_admin_token(cfg.data_dir))
-        self.kits = KitWorker(self.registry, self.signer, load_builder(cfg.kit_builder))
+        self.kits = KitWorker(self.registry, self.signer, load_builder(cfg.kit_builder, cfg.calib_ood))
         self.metrics = Metrics()
 
 

@@ -58,19 +58,30 @@ def register(app: typer.Typer) -> None:
         max_upload_mb: float = typer.Option(64.0, help="largest accepted upload, in MB (larger: 413)"),
         kit_formats: str = typer.Option("onnx-int8,tflite-int8", help="kits built for each published version"),
         kit_builder: str = typer.Option(None, help="module:function building a kit folder (default: export.kit)"),
+        calib_ood: str = typer.Option(
+            None, help="int8 calibration source for kits: an image or audio file, a folder, or 'noise' "
+            "(default: the bundled OOD photo / speech clip)"
+        ),
         log_level: str = typer.Option("info"),
     ) -> None:
-        """Run the central's HTTP server (OpenAPI docs at /docs)."""
+        """Run the central's HTTP server (OpenAPI docs at /docs).
+
+        Example: [bold]central serve --data-dir registry/ --port 8080 --calib-ood photos/[/]
+        """
         import uvicorn
 
         from central.server.app import ServerConfig, create_app
 
+        if calib_ood not in (None, "noise") and not Path(calib_ood).exists():
+            typer.echo(f"error: --calib-ood {calib_ood}: no such file or folder (or pass 'noise')", err=True)
+            raise typer.Exit(2)
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg = ServerConfig(
             data_dir=data_dir,
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             kit_formats=tuple(f.strip() for f in kit_formats.split(",") if f.strip()),
             kit_builder=kit_builder,
+            calib_ood=calib_ood,
         )
         try:
             application = create_app(cfg)

@@ -8,6 +8,7 @@ A failed export is recorded on the kit row and the server keeps serving.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import logging
@@ -34,24 +35,31 @@ def split_format(fmt: str) -> tuple[str, str]:
     return runtime, precision
 
 
-def export_kit(bundle_path: Path, fmt: str, out_dir: Path) -> None:
+def export_kit(bundle_path: Path, fmt: str, out_dir: Path, calib_ood: str | None = None) -> None:
     """Default builder: :func:`export.kit.export_bundle` writes the kit folder ``out_dir``.
 
-    int8 calibrates on the exporter's default source (noise in input space);
-    the parity check inside the exporter refuses an artifact that disagrees
-    with the torch model, which then shows up as the kit row's error.
+    int8 calibrates on ``calib_ood`` (an image or audio file, a folder, ``"noise"``;
+    ``None``: the bundled OOD photo or clip, augmented as in consolidation). The parity
+    check inside the exporter refuses an artifact that disagrees with the torch model,
+    which then shows up as the kit row's error.
     """
     runtime, precision = split_format(fmt)
     # Imported late: export (and its heavy toolchains) is optional on a registry-only box.
+    from edge_agent.bundle import load_bundle
+    from export.calibration import ood_batches
     from export.kit import export_bundle
 
-    export_bundle(bundle_path, format=runtime, quantize="int8" if precision == "int8" else "none", out=out_dir)
+    calibration = None
+    if precision == "int8" and calib_ood is not None:
+        calibration = ood_batches(calib_ood, load_bundle(bundle_path).input_spec, 256 + 128)
+    export_bundle(bundle_path, format=runtime, quantize="int8" if precision == "int8" else "none", out=out_dir,
+                  calibration=calibration)
 
 
-def load_builder(spec: str | None) -> KitBuilder:
-    """``"module:function"`` -> the function (``None``: :func:`export_kit`)."""
+def load_builder(spec: str | None, calib_ood: str | None = None) -> KitBuilder:
+    """``"module:function"`` -> the function (``None``: :func:`export_kit`, calibrating int8 on ``calib_ood``)."""
     if not spec:
-        return export_kit
+        return functools.partial(export_kit, calib_ood=calib_ood)
     mod, _, fn = spec.partition(":")
     return getattr(importlib.import_module(mod), fn)
 

@@ -38,15 +38,9 @@ class OODSource(Protocol):
         ...
 
 
-def sample_photo_path(name: str = "china.jpg") -> Path:
-    """A photo bundled with scikit-learn (``china.jpg`` or ``flower.jpg``), found without importing sklearn."""
-    try:
-        path = Path(str(resources.files("sklearn") / "datasets" / "images" / name))
-    except ModuleNotFoundError:
-        raise DataError("the default OOD photo comes with scikit-learn: install it or pass --ood PATH") from None
-    if not path.is_file():
-        raise DataError(f"scikit-learn has no sample photo {name!r}")
-    return path
+def default_photo_path() -> Path:
+    """The bundled OOD photo (``edge_agent/assets/ood-photo.jpg``, 640x427 JPEG; attribution in ``assets/ATTRIBUTION.md``)."""
+    return Path(str(resources.files("edge_agent") / "assets" / "ood-photo.jpg"))
 
 
 @dataclass
@@ -270,7 +264,7 @@ class NoiseOOD:
 def open_ood(source: str | Path | None, spec: InputSpec, **augment) -> OODSource:
     """Open an OOD source by name: ``None`` (the bundled default), ``"noise"``, a file or a folder.
 
-    Image models: default is scikit-learn's ``china.jpg``. Audio models: audio sources
+    Image models: the default is the bundled photo. Audio models: audio sources
     come from :mod:`edge_agent.data.ood_audio`.
     """
     if source is not None and str(source) == "noise":
@@ -279,5 +273,5 @@ def open_ood(source: str | Path | None, spec: InputSpec, **augment) -> OODSource
         from edge_agent.data.ood_audio import open_audio_ood
 
         return open_audio_ood(source, spec, **augment)
-    path = sample_photo_path() if source is None else Path(source)
+    path = default_photo_path() if source is None else Path(source)
     return ImageOOD.from_path(path, spec, ImageAugment(**augment) if augment else None)
