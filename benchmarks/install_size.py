@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure(layer, LAYERS[layer][0], work))
         print(f"  {rows[-1]['site_packages_mb']:.0f} MB", file=sys.stderr, flush=True)
     report = {
-        "command": "python -m benchmarks.install_size " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.install_size", *(argv if argv is not None else sys.argv[1:])]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
         "machine": platform.machine(),
