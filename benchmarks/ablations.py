@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.dcl import RESULTS, evaluate_row, load_stream, pull_and_fine_tune
-from central.consolidate import consolidate_step
+from benchmarks.dcl import RESULTS, load_stream, pull_and_fine_tune
+from benchmarks.variants import variant
 from central.methods import ConsolidationConfig
-from central.stream import train_devices, write_json
+from central.stream import StreamEvaluator, run_stream, train_devices, write_json
 from edge_agent.bundle import load_bundle
 from edge_agent.data.images import load_image_folder
 from edge_agent.data.ood import ImageAugment, open_ood
@@ -39,7 +39,7 @@ VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
     "kd (PLD off)": ({}, None, None, "kd"),
     "PLD weight 0.3": ({"pld_weight": 0.3}, None, None, "dac"),
     "PLD weight 3": ({"pld_weight": 3.0}, None, None, "dac"),
-    "MLP projector": ({"projector": "mlp"}, None, None, "dac"),
+    "MLP projector": ({}, None, None, "dac[projector=mlp]"),
     "OOD flower.jpg": ({}, "flower", None, "dac"),
     "OOD folder of photos": ({}, "folder", None, "dac"),
     "OOD noise": ({}, "noise", None, "dac"),
@@ -51,9 +51,9 @@ VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
     ),
     "steps 250": ({"steps": 250}, None, None, "dac"),
     "steps 500": ({"steps": 500}, None, None, "dac"),
-    "BN frozen": ({"bn_mode": "frozen"}, None, None, "dac"),
-    "BN re-estimated": ({"bn_mode": "reestimate"}, None, None, "dac"),
-    "targets centred": ({"target_norm": "centre"}, None, None, "dac"),
+    "BN frozen": ({}, None, None, "dac[bn=frozen]"),
+    "BN re-estimated": ({}, None, None, "dac[bn=reestimate]"),
+    "targets centred": ({}, None, None, "dac[target_norm=centre]"),
     "student from the previous central": ({"student_init": "previous"}, None, None, "dac"),
     "devices from the latest central": ({}, None, None, "dac-lag1"),
     "async: devices one version behind": ({}, None, None, "dac-lag2"),
@@ -87,39 +87,26 @@ def ood_source(kind: str | None, spec, aug: dict | None, tmp: Path):
 def run_variant(setup, devices, val, ood, cfg: ConsolidationConfig, method: str) -> dict:
     """Consolidate the stream; ``METHOD-lagK`` first fine-tunes device t from the central K-1 versions behind the latest.
 
-    Plain methods use the stream's devices, which all fine-tuned central-0.
+    ``METHOD[opt=value,...]`` is a variant of kd or dac (:mod:`benchmarks.variants`). Plain methods use the
+    stream's devices, which all fine-tuned central-0.
     """
     method, _, lag_text = method.partition("-lag")
-    model, classes, support = setup.base.model, [], None
-    history = [setup.base.model]
-    cpu = []
-    for t, dev in enumerate(devices):
-        if lag_text:
-            # The device pulled a (possibly older) central version and fine-tuned it on its own data.
-            lag = int(lag_text)
-            dev = pull_and_fine_tune(setup, history[max(0, len(history) - lag)], t)
-        step = replace(cfg, seed=cfg.seed * 1000 + t)
-        model, classes, timing = consolidate_step(
-            model,
-            classes,
-            dev,
-            ood,
-            method,
-            step,
-            progress=False,
-            current_support=support,
-        )
-        support = timing["class_support"]
-        history.append(model)
-        cpu.append(timing["cpu_seconds"])
-    test_acc, test_task = evaluate_row(setup, model, classes)
-    val_setup = replace(setup, stream=replace(setup.stream, test=val))
-    val_acc, _ = evaluate_row(val_setup, model, classes)
+    name, _, opts = method.partition("[")
+    if opts:
+        method = variant(name, dict(o.split("=") for o in opts.rstrip("]").split(",")))
+    pull = None
+    if lag_text:
+        # The device pulled a (possibly older) central version and fine-tuned it on its own data.
+        lag = int(lag_text)
+        pull = lambda t, history: pull_and_fine_tune(setup, history[max(0, len(history) - lag)], t)  # noqa: E731
+    r = run_stream(setup.stream, setup.base, devices, ood, method, cfg, pull, log=lambda *a: None)
+    test_acc, test_task = r["matrix"][-1], r["task_aware"]["matrix"][-1]
+    val_acc, _ = StreamEvaluator(replace(setup.stream, test=val), setup.base.labels).row(r["model"], r["classes"])
     return {
         "val_final_avg_acc": float(np.mean(val_acc)),
         "test_final_avg_acc": float(np.mean(test_acc)),
         "test_task_aware": float(np.mean(test_task)),
-        "cpu_seconds_per_consolidation": float(np.mean(cpu[1:])),
+        "cpu_seconds_per_consolidation": float(np.mean(r["cpu_seconds_per_consolidation"][1:])),
     }
 
 

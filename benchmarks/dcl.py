@@ -29,14 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.variants import variant
 from central.create import init_central
 from central.methods import ConsolidationConfig
 from central.metrics import summarize
-from central.stream import Stream, heatmap, train_devices, write_json
+from central.stream import Stream, StreamEvaluator, heatmap, run_stream, train_devices, write_json
 from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
 from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource, open_ood
-from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, fine_tune, load_local_data, masked_accuracy
+from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, fine_tune, load_local_data
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("naive", "avg", "kd", "dac")
@@ -103,39 +104,15 @@ def _kws_stream(name: str, work: Path, seed: int, split: str, write: bool) -> St
     return StreamSetup(name, stream, "ds-cnn", base, base_path, train, None, {"steps": 200, "batch_size": BATCH_SIZE})
 
 
-def experience_test(setup: StreamSetup, j: int) -> LabeledSet:
-    """Test samples of experience j: its own test set (domain streams) or the test samples of its classes."""
-    if setup.stream.test_by_exp:
-        return setup.stream.test_by_exp[j]
-    return _subset(setup.stream.test, setup.stream.experiences[j]["classes"])
-
-
-def _mask(labels: list[str], classes: list[str]) -> torch.Tensor:
-    mask = torch.zeros(len(labels), dtype=torch.bool)
-    mask[[labels.index(c) for c in classes]] = True
-    return mask
-
-
-def evaluate_row(setup: StreamSetup, model: torch.nn.Module, known: list[str]) -> tuple[list[float], list[float]]:
-    """Class-incremental (argmax over ``known``) and task-aware accuracy of ``model`` on every experience."""
-    labels = setup.base.labels
-    ci, ta = [], []
-    for j, e in enumerate(setup.stream.experiences):
-        data = experience_test(setup, j)
-        y = data.targets(labels)
-        ci.append(masked_accuracy(model, data.x, y, _mask(labels, known)))
-        ta.append(masked_accuracy(model, data.x, y, _mask(labels, e["classes"])))
-    return ci, ta
+def evaluator(setup: StreamSetup) -> StreamEvaluator:
+    return StreamEvaluator(setup.stream, setup.base.labels)
 
 
 def ensemble_oracle(setup: StreamSetup, devices: list[Bundle]) -> dict:
     """Keep every device model; route each test sample to its own device by true task id."""
-    labels, exps = setup.base.labels, setup.stream.experiences
+    ev, exps = evaluator(setup), setup.stream.experiences
     T = len(devices)
-    acc = []
-    for j, (e, d) in enumerate(zip(exps, devices, strict=True)):
-        data = experience_test(setup, j)
-        acc.append(masked_accuracy(d.model, data.x, data.targets(labels), _mask(labels, e["classes"])))
+    acc = [ev.accuracy(d.model, ev.experience_test(j), e["classes"]) for j, (e, d) in enumerate(zip(exps, devices, strict=True))]
     R = np.array([[acc[j] if j <= t else 0.0 for j in range(T)] for t in range(T)])
     out = summarize(R)
     out["task_aware"] = summarize(R)
@@ -155,7 +132,7 @@ def joint_training(setup: StreamSetup) -> dict:
         t0 = time.process_time()
         model, _ = fine_tune(load_bundle(setup.base_path), seen, setup.train, progress=False)
         cpu.append(time.process_time() - t0)
-        ci, ta = evaluate_row(setup, model, seen.classes)
+        ci, ta = evaluator(setup).row(model, seen.classes)
         R[t, : t + 1], R_task[t, : t + 1] = ci[: t + 1], ta[: t + 1]
     out = summarize(R)
     out["task_aware"] = summarize(R_task)
@@ -165,17 +142,17 @@ def joint_training(setup: StreamSetup) -> dict:
 
 def forward_transfer(setup: StreamSetup, models: list[torch.nn.Module], epochs: int = 1) -> list[dict]:
     """Device accuracy on experience t after a short fine-tune from ``models[t-1]`` vs from central-0."""
-    labels = setup.base.labels
+    ev = evaluator(setup)
     rows = []
     for t in range(1, len(setup.stream.experiences)):
         e = setup.stream.experiences[t]
         data = load_local_data(e["path"], setup.base)
-        test = experience_test(setup, t)
+        test = ev.experience_test(t)
         cfg = TrainConfig(**{**asdict(setup.train), "epochs": epochs})
         accs = {}
         for start, model in (("central-0", setup.base.model), ("consolidated", models[t - 1])):
             tuned, _ = fine_tune(_as_bundle(setup, model), data, cfg, progress=False)
-            accs[start] = masked_accuracy(tuned, test.x, test.targets(labels), _mask(labels, e["classes"]))
+            accs[start] = ev.accuracy(tuned, test, e["classes"])
         rows.append({"experience": e["name"], **accs, "gain": accs["consolidated"] - accs["central-0"]})
     return rows
 
@@ -191,11 +168,6 @@ def _as_bundle(setup: StreamSetup, model: torch.nn.Module, classes: list[str] | 
         )
         save_bundle(model, manifest, p)
         return load_bundle(p)
-
-
-def _subset(data: LabeledSet, classes: list[str]) -> LabeledSet:
-    keep = set(classes)
-    return data.subset([i for i, lab in enumerate(data.labels) if lab in keep])
 
 
 def pull_and_fine_tune(setup: StreamSetup, model: torch.nn.Module, t: int) -> Bundle:
@@ -214,41 +186,17 @@ def consolidate_stream(
     log,
     pull_latest: bool = False,
 ) -> tuple[dict, list[torch.nn.Module]]:
-    """``central.stream.run_method`` plus the model after every experience (for forward transfer).
+    """:func:`central.stream.run_stream`, and the model after every experience (for forward transfer).
 
     ``pull_latest``: device t (from the second on) fine-tunes this method's current central
-    instead of central-0, as a device running ``edge-agent`` does; ``devices[0]`` is used as
-    it is (it fine-tuned central-0, which is the current central at that time). The extra
-    device-training CPU time is reported apart from consolidation time.
+    instead of central-0, as a device running ``edge-agent`` does.
     """
-    from central.consolidate import consolidate_step
-
-    T = len(devices)
-    R, R_task = np.zeros((T, T)), np.zeros((T, T))
-    model, classes, support = setup.base.model, list(setup.base.manifest.trained_classes), None
-    models, cpu, device_cpu, inits = [], [], [], []
-    for t, dev in enumerate(devices):
-        if pull_latest and t > 0:
-            t0 = time.process_time()
-            dev = pull_and_fine_tune(setup, model, t)
-            device_cpu.append(time.process_time() - t0)
-        step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed * 1000 + t})
-        model, classes, timing = consolidate_step(
-            model, classes, dev, ood, method, step_cfg, progress=False, current_support=support
-        )
-        support = timing["class_support"]
-        models.append(model)
-        cpu.append(timing["cpu_seconds"])
-        inits.append(timing.get("student_init", {}).get("chosen"))
-        R[t], R_task[t] = evaluate_row(setup, model, classes)
-    log(f"  {method:>8}: final avg acc {R[-1].mean():.3f} ({sum(cpu):.0f} s CPU)")
-    out = summarize(R)
-    out["task_aware"] = summarize(R_task)
-    out["cpu_seconds_per_consolidation"] = cpu
-    if device_cpu:
-        out["device_cpu_seconds"] = device_cpu
-    if any(inits):
-        out["student_init"] = inits  # per consolidation; ``auto`` resolves to previous or average
+    pull = (lambda t, history: pull_and_fine_tune(setup, history[-1], t)) if pull_latest else None
+    out = run_stream(setup.stream, setup.base, devices, ood, method, cfg, pull, log=lambda *a: None, keep_models=True)
+    out.pop("model")
+    out.pop("classes")
+    models = out.pop("models")
+    log(f"  {method:>8}: final avg acc {out['final_avg_acc']:.3f} ({sum(out['cpu_seconds_per_consolidation']):.0f} s CPU)")
     return out, models
 
 
@@ -296,8 +244,11 @@ def run_seed(
     methods=METHODS + BOUNDS,
     reuse: bool = False,
     pull_latest: bool = False,
+    variant_opts: dict | None = None,
 ) -> dict:
     """One seed: device models, every method on them, the upper bounds and forward transfer.
+
+    ``variant_opts`` (``--set projector=mlp`` and the like) turn kd and dac into their variants.
 
     ``pull_latest``: devices 2..T fine-tune each method's current central (see
     :func:`consolidate_stream`); the ensemble oracle keeps the central-0 devices.
@@ -308,7 +259,8 @@ def run_seed(
     )
     out: dict = {}
     for m in [m for m in methods if m in METHODS]:
-        r, models = consolidate_stream(setup, devices, ood, m, cfg, log, pull_latest)
+        name = variant(m, variant_opts or {}) if m in ("kd", "dac") else m
+        r, models = consolidate_stream(setup, devices, ood, name, cfg, log, pull_latest)
         r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if ft_epochs > 0 and m in ("naive", "dac"):
             r["forward_transfer"] = forward_transfer(setup, models, ft_epochs)
@@ -484,14 +436,14 @@ def markdown(report: dict) -> str:
 
 
 def _seed_job(job: tuple) -> dict:
-    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment, pull_latest, ood_source = job
+    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment, pull_latest, ood_source, opts = job
     torch.set_num_threads(1)
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if quiet else print
     setup = load_stream(stream, work, seed, split, write=False)
     log(f"seed {seed}: {stream}, {len(setup.stream.experiences)} devices, {len(setup.stream.test)} {split} samples")
     ood = open_ood(ood_source or setup.ood, setup.base.input_spec, **augment)
     cfg = ConsolidationConfig(**{**asdict(cfg), "seed": seed})
-    return run_seed(setup, ood, cfg, work, ft_epochs, log, methods, reuse, pull_latest)
+    return run_seed(setup, ood, cfg, work, ft_epochs, log, methods, reuse, pull_latest, opts)
 
 
 def _pairs(pairs: list[str], option: str, hint: str):
@@ -503,19 +455,23 @@ def _pairs(pairs: list[str], option: str, hint: str):
         yield key, value
 
 
-def config_overrides(pairs: list[str]) -> dict:
-    """``["steps=1000", "teacher_weighting=support"]`` -> typed ConsolidationConfig fields."""
+def config_overrides(pairs: list[str]) -> tuple[dict, dict]:
+    """``["steps=1000", "projector=mlp"]`` -> (typed ConsolidationConfig fields, kd/dac variant options)."""
+    from benchmarks.variants import OPTIONS
     from central.methods.base import KIND_DEFAULTS
 
-    types = {f.name: type(f.default) for f in fields(ConsolidationConfig) if f.name != "extra"}
+    types = {f.name: type(f.default) for f in fields(ConsolidationConfig)}
     types |= {name: type(value) for name, value in KIND_DEFAULTS["image"].items()}  # fields whose default is None
-    hint = f"with NAME one of {', '.join(sorted(types))}"
-    out = {}
+    hint = f"with NAME one of {', '.join(sorted(types) + sorted(OPTIONS))}"
+    cfg, opts = {}, {}
     for key, value in _pairs(pairs, "--set", hint):
-        if key not in types:
+        if key in OPTIONS:
+            opts[key] = value
+        elif key in types:
+            cfg[key] = types[key](value)
+        else:
             raise SystemExit(f"--set {key}={value}: expected NAME=VALUE {hint}")
-        out[key] = types[key](value)
-    return out
+    return cfg, opts
 
 
 def augment_overrides(pairs: list[str]) -> dict:
@@ -548,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a ConsolidationConfig field, e.g. --set teacher_weighting=support (repeatable)",
+        help="override a ConsolidationConfig field or a kd/dac variant option (benchmarks/variants.py), e.g. --set projector=mlp (repeatable)",
     )
     ap.add_argument(
         "--augment",
@@ -587,7 +543,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     # Write the data once, before any worker reads it; the stream sets its own consolidation defaults.
     first = load_stream(args.stream, args.work, 0, args.split)
-    over = first.consolidation | ({} if args.steps is None else {"steps": args.steps}) | config_overrides(args.set)
+    cfg_over, variant_opts = config_overrides(args.set)
+    over = first.consolidation | ({} if args.steps is None else {"steps": args.steps}) | cfg_over
     cfg = ConsolidationConfig(**over)
     augment = augment_overrides(args.augment)
     ood_source = args.ood
@@ -598,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = [
         (
             *(args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json, methods),
-            *(args.reuse_devices, augment, args.devices == "latest", ood_source),
+            *(args.reuse_devices, augment, args.devices == "latest", ood_source, variant_opts),
         )
         for seed in range(args.seeds)
     ]
@@ -622,7 +579,7 @@ def main(argv: list[str] | None = None) -> dict:
         "experiences": [{"name": e["name"], "classes": e["classes"]} for e in setup.stream.experiences],
         "ood": args.ood or setup.ood or "default (image: the bundled photo (edge_agent/assets/ood-photo.jpg); audio: the bundled German sentence)",
         "ood_augment": augment,
-        "consolidation": asdict(cfg.for_input(setup.base.input_spec.kind)) | {"seed": "per seed"},
+        "consolidation": asdict(cfg.for_input(setup.base.input_spec.kind)) | {"seed": "per seed"} | variant_opts,
         "device_training": asdict(setup.train) | {"seed": "per seed"},
         "devices": args.devices,
         "forward_transfer_epochs": args.ft_epochs,

@@ -1,6 +1,6 @@
 """What perfect logit distillation would score on a stream's device models.
 
-Support-weighted consolidation (``teacher_weighting="support"``) makes the KD
+Support-weighted consolidation (the targets of ``kd`` and ``dac``) makes the KD
 target after the last device the per-class mean of the logits of every device
 that knows the class. This script evaluates that mean on real test (or val)
 data, next to each device alone: the ceiling KD and DAC approach as the
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from benchmarks.dcl import RESULTS, load_stream
+from benchmarks.variants import centred_targets
 from central.consolidate import class_support, known_mask, support_tensor
 from central.evaluate import evaluate_logits, predict_logits
 from central.methods import Teacher
@@ -45,8 +46,8 @@ def ceiling(stream: str, work: Path, seed: int, split: str) -> dict:
         Teacher(d.model, known_mask(labels, d.manifest.trained_classes), support_tensor(labels, class_support(d)))
         for d in devices
     ]
-    target, known = logit_targets(teachers, logits, weighting="support")
-    centred, _ = logit_targets(teachers, logits, norm="centre", weighting="support")  # target_norm="centre"
+    target, known = logit_targets(teachers, logits)
+    centred, _ = centred_targets(teachers, logits)  # the dac[target_norm=centre] variant
     known_classes = [c for c, k in zip(labels, known.tolist(), strict=True) if k]
     return {
         "seed": seed,

@@ -103,10 +103,10 @@ def throughput(work: Path, base: Path, incoming: Path, steps: int, batch: int, r
     return {"steps": steps, "global_batch": batch, "repeats": repeats, "modes": summary}
 
 
-def run_stream(
+def file_stream(
     stream: Stream, base: Path, devices: list[Path], work: Path, mode: str, cfg: ConsolidationConfig, log
 ) -> dict:
-    """Consolidate the devices one after another (seed + t as ``run_method``); the accuracy matrix."""
+    """Consolidate the device bundles one after another through the files, as the CLI does; the accuracy matrix."""
     T = len(devices)
     R = np.zeros((T, T))
     current = base
@@ -206,7 +206,7 @@ def main() -> None:
             for seed in seeds:
                 cfg = ConsolidationConfig(steps=args.quality_steps, batch_size=args.batch_size, seed=seed)
                 q["seeds"][str(seed)] = {
-                    mode: run_stream(stream, central0, dev_paths, work, mode, cfg, log)
+                    mode: file_stream(stream, central0, dev_paths, work, mode, cfg, log)
                     for mode in ("single-process", "nproc=2")
                 }
             report["quality"] = q

@@ -43,9 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from central.create import init_central  # noqa: E402
-from central.demo_audio import consolidate_stream, kws_stream, synthetic_speech  # noqa: E402
+from central.demo_audio import kws_stream, synthetic_speech  # noqa: E402
 from central.evaluate import evaluate_logits, predict_logits  # noqa: E402
 from central.methods import ConsolidationConfig  # noqa: E402
+from central.stream import run_stream as consolidate_stream  # noqa: E402
 from central.stream import set_threads, train_devices, write_json  # noqa: E402
 from edge_agent.audio.frontend import AudioFrontend  # noqa: E402
 from edge_agent.bundle import load_bundle  # noqa: E402
@@ -151,8 +152,9 @@ def run_stream(kind: str, work: Path, data: Path, args, log=print) -> dict:
     res["methods"] = {}
     for m in args.methods:
         t = time.perf_counter()
-        r = consolidate_stream(stream, base, devices, source, m, cfg, progress=False, log=log)
+        r = consolidate_stream(stream, base, devices, source, m, cfg, log=log)
         r.pop("model")
+        r.pop("classes")
         r["wall_seconds"] = round(time.perf_counter() - t, 1)
         r["fraction_of_joint"] = round(r["final_avg_acc"] / res["joint"]["final_avg_acc"], 4)
         r["load_average"] = load()

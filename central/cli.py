@@ -44,6 +44,12 @@ def init(
     typer.echo(f"wrote {out} ({arch}, {len(names)} labels) id {bid}")
 
 
+def _methods_help() -> str:
+    from central.methods import list_methods
+
+    return ", ".join(list_methods())
+
+
 @app.command()
 @friendly
 def consolidate(
@@ -56,49 +62,27 @@ def consolidate(
         Optional[str],
         typer.Option(help="OOD data: an image, a folder of images, an audio clip or folder, or 'noise' (default: a bundled photo / clip)"),
     ] = None,
-    method: Annotated[str, typer.Option(help="dac (KD + PLD), kd (logits only), avg (parameter averaging), naive")] = "dac",
+    method: Annotated[
+        str, typer.Option(help="dac (KD + PLD), kd (logits only), avg (parameter averaging) or naive (the newest device)")
+    ] = "dac",
     steps: Annotated[
         Optional[int], typer.Option(help="optimisation steps per incoming model (default: 1000 for images, 500 for audio)")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="OOD samples per step")] = 128,
+    batch_size: Annotated[int, typer.Option(help="OOD samples per step (over all processes)")] = 128,
     lr: Annotated[
         Optional[float], typer.Option(help="Adam learning rate, cosine decay (default: 3e-3 for image models, 1e-3 for audio)")
     ] = None,
-    target_norm: Annotated[
-        Optional[str],
-        typer.Option(
-            help="centre: subtract each teacher's mean logit over its own classes before the targets are built (a "
-            "device trained with softmax on some classes only learned logit differences among them); none: raw "
-            "logits, for devices trained with negatives (edge-agent's bce losses) (default: none)"
-        ),
-    ] = None,
     pld_weight: Annotated[float, typer.Option(help="weight of the projected latent loss (dac)")] = 1.0,
-    logit_loss: Annotated[str, typer.Option(help="mse on raw logits, or kl with --temperature")] = "mse",
-    teacher_weighting: Annotated[
-        str,
-        typer.Option(
-            help="equal: each teacher that knows a class counts once; support: by how many devices stand behind it "
-            "(a running mean over devices, recorded in the bundle)"
-        ),
-    ] = "support",
     student_init: Annotated[
         str,
         typer.Option(
             help="where the student starts: previous (the current central), average (parameter average of the "
-            "central and the device), or auto (whichever already matches the teachers better on OOD data: the "
-            "average when the device fine-tuned this central, the central when they share no ancestor)"
+            "central and the device), or auto (whichever already matches the teachers better on OOD data)"
         ),
     ] = "auto",
-    dream_steps: Annotated[
-        int,
-        typer.Option(
-            help="refine part of each OOD batch towards the teachers' BatchNorm statistics with this many steps "
-            "(DeepInversion-style; 0: off)"
-        ),
-    ] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="same seed, same inputs, same bundle")] = 0,
     nproc: Annotated[
-        int, typer.Option(help="data-parallel processes (torch.distributed; gloo on CPU, NCCL on GPUs); --batch-size is the global batch")
+        int, typer.Option(help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on GPUs)")
     ] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted multi-process job from OUT.ckpt")] = False,
     from_queue: Annotated[bool, typer.Option("--from-queue", help="consolidate the server's upload queue and publish")] = False,
@@ -108,29 +92,26 @@ def consolidate(
 ) -> None:
     """Consolidate device models into the central model, data-free (DAC).
 
+    Under torchrun every rank runs this same command
+    (torchrun --nproc_per_node 4 $(which central) consolidate ...); --nproc N starts N ranks here.
+
     Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors[/]
     """
-    from central.methods import ConsolidationConfig
+    import os
+
+    from central.methods import ConsolidationConfig, get_method
 
     cfg = ConsolidationConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        target_norm=target_norm,
-        seed=seed,
-        pld_weight=pld_weight,
-        logit_loss=logit_loss,
-        teacher_weighting=teacher_weighting,
-        student_init=student_init,
-        dream_steps=dream_steps,
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, pld_weight=pld_weight, student_init=student_init
     )
     cfg.check()
+    get_method(method)  # an unknown name fails here, listing the known ones
     if from_queue:
         from central.server.admin import consolidate_from_queue
         from edge_agent.client.http import CentralError, CentralUnreachable
 
         try:
-            result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps, seed=seed)
+            result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg)
         except CentralUnreachable as e:
             typer.secho(f"error: {e}", err=True, fg="red")
             raise typer.Exit(75) from None
@@ -141,7 +122,17 @@ def consolidate(
         return
     if base is None or not incoming or out is None:
         raise ValueError("give --base, at least one --incoming and --out (or --from-queue)")
-    if nproc > 1 or resume:
+    if "WORLD_SIZE" in os.environ:
+        # One rank of a torchrun job (started by --nproc, or by a person on several machines).
+        from central.distributed import DistributedJob, rank_settings, run_rank
+
+        st = rank_settings()
+        job = DistributedJob(base, list(incoming), out, ood, method, cfg, checkpoint_every=st["checkpoint_every"],
+                             resume=resume)
+        r = run_rank(job, st["timeout_s"], st["report_dir"])
+        if r is None or st["report_dir"] is not None:
+            return
+    elif nproc > 1 or resume:
         from central.distributed import consolidate_distributed
 
         r = consolidate_distributed(base, list(incoming), out, ood=ood, method=method, cfg=cfg, nproc=nproc, resume=resume)

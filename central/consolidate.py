@@ -6,7 +6,7 @@ theta_t = method(theta_{t-1}, phi_t, OOD source): the central never sees device 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -116,15 +116,21 @@ def consolidate_step(
                 if step % 10 == 0 or step == cfg.steps:
                     bar.update(task, completed=step, info=" ".join(f"{k} {v:.4f}" for k, v in losses.items()))
 
-            model = fn(previous, inc, ood, cfg, progress=report)
+            result = fn(previous, inc, ood, cfg, progress=report)
+        model = result.model
     info = {
         "cpu_seconds": time.process_time() - t0,
         "wall_seconds": time.perf_counter() - w0,
         "class_support": new_support,
     }
-    if current_classes and getattr(fn, "last_init", None):
-        info["student_init"] = fn.last_init  # recorded in the bundle's lineage (``stream``)
+    if current_classes and "chosen" in result.info:
+        info["student_init"] = result.info  # recorded in the bundle's lineage (``stream``)
     return model, new_classes, info
+
+
+def step_seed(seed: int, position: int) -> int:
+    """The seed of the consolidation at ``position`` of a stream run with ``seed`` (one rule everywhere)."""
+    return seed * 1000 + position
 
 
 def load_inputs(base_path: str | Path, incoming_paths: list[str | Path]) -> tuple[Bundle, list[Bundle]]:
@@ -163,7 +169,7 @@ def consolidate_files(
     model, classes, support = base.model, list(base.manifest.trained_classes), class_support(base)
     steps = []
     for i, b in enumerate(incoming):
-        step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed + i})
+        step_cfg = replace(cfg, seed=step_seed(cfg.seed, i))
         model, classes, info = consolidate_step(
             model,
             classes,
@@ -196,9 +202,3 @@ def consolidate_files(
     bid = save_bundle(model, manifest, out_path)
     return {"id": bid, "out": str(out_path), "method": method, "trained_classes": classes, "steps": steps}
 
-
-if __name__ == "__main__":
-    # ``torchrun --nproc_per_node N -m central.consolidate ...``: one data-parallel rank per process.
-    from central.distributed import main
-
-    main()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from central.create import init_central
 from central.methods import ConsolidationConfig
-from central.stream import Stream, heatmap, run_method, set_threads, train_devices, write_json
+from central.stream import Stream, heatmap, run_stream, set_threads, train_devices, write_json
 from edge_agent.bundle import load_bundle
 from edge_agent.data.digits import write_split_digits
 from edge_agent.data.images import load_image_folder
@@ -50,8 +50,9 @@ def run_demo(
     cfg = ConsolidationConfig(steps=steps, seed=seed).for_input(base.input_spec.kind)
     results = {}
     for m in methods:
-        r = run_method(stream, base, devices, source, m, cfg, progress, log)
+        r = run_stream(stream, base, devices, source, m, cfg, progress=progress, log=log)
         r.pop("model")
+        r.pop("classes")
         results[m] = r
     names = [e["name"] for e in stream.experiences]
     report = {

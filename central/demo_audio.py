@@ -19,24 +19,19 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from central.consolidate import consolidate_step
 from central.create import init_central
 from central.demo import markdown_summary
-from central.evaluate import evaluate_logits, predict_logits
 from central.methods import ConsolidationConfig
-from central.metrics import summarize
-from central.stream import Stream, heatmap, set_threads, train_devices, write_json
+from central.stream import Stream, heatmap, run_stream, set_threads, train_devices, write_json
 from edge_agent.audio.frontend import AudioFrontend
-from edge_agent.bundle import Bundle, load_bundle
+from edge_agent.bundle import load_bundle
 from edge_agent.data.kws_streams import write_kws_stream
 from edge_agent.data.labeled import LabeledSet
-from edge_agent.data.ood import OODSource, open_ood
+from edge_agent.data.ood import open_ood
 from edge_agent.data.speech import load_speech_commands
 from edge_agent.data.speech_synth import CORE_WORDS, write_speech_dataset
 from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig
@@ -109,52 +104,6 @@ def kws_stream(
     return Stream(folder, list(meta["words"]), experiences, test, test_by_exp)
 
 
-def consolidate_stream(
-    stream: Stream,
-    base: Bundle,
-    devices: list[Bundle],
-    ood: OODSource,
-    method: str,
-    cfg: ConsolidationConfig,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Consolidate the devices in order with ``method``; R[t, j] is tested on experience j's own test set.
-
-    Class-incremental accuracy takes the argmax over every class consolidated
-    so far; task-aware accuracy over experience j's classes only.  Returns
-    the metrics of :func:`central.metrics.summarize` plus ``task_aware``,
-    ``final_accuracy_all_classes`` and CPU/wall seconds per consolidation.
-    """
-    T = len(devices)
-    R, R_task = np.zeros((T, T)), np.zeros((T, T))
-    model, classes, support = base.model, list(base.manifest.trained_classes), None
-    cpu, wall = [], []
-    for t, dev in enumerate(devices):
-        step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed + t})
-        model, classes, timing = consolidate_step(
-            model, classes, dev, ood, method, step_cfg, progress, f"{method} {t + 1}/{T}", support
-        )
-        support = timing["class_support"]
-        cpu.append(round(timing["cpu_seconds"], 2))
-        wall.append(round(timing["wall_seconds"], 2))
-        for j, (e, test) in enumerate(zip(stream.experiences, stream.test_by_exp, strict=True)):
-            logits = predict_logits(model, test.x)
-            R[t, j] = evaluate_logits(logits, base.labels, test, known=classes)["accuracy"]
-            R_task[t, j] = evaluate_logits(logits, base.labels, test, known=e["classes"])["accuracy"]
-        log(
-            f"{method:>6} after {stream.experiences[t]['name']}: avg acc {R[t, : t + 1].mean():.3f} ({timing['wall_seconds']:.0f} s)"
-        )
-    out = summarize(R)
-    out["task_aware"] = summarize(R_task)
-    all_logits = predict_logits(model, stream.test.x)
-    out["final_accuracy_all_classes"] = evaluate_logits(all_logits, base.labels, stream.test, known=classes)["accuracy"]
-    out["cpu_seconds_per_consolidation"] = cpu
-    out["wall_seconds_per_consolidation"] = wall
-    out["model"] = model
-    return out
-
-
 def run_audio_demo(
     out: Path,
     methods: tuple[str, ...] = ("naive", "dac"),
@@ -198,8 +147,9 @@ def run_audio_demo(
     cfg = ConsolidationConfig(steps=steps, batch_size=batch_size, seed=seed)
     results = {}
     for m in methods:
-        r = consolidate_stream(kws, base, devices, source, m, cfg, progress, log)
+        r = run_stream(kws, base, devices, source, m, cfg, progress=progress, log=log)
         r.pop("model")
+        r.pop("classes")
         results[m] = r
     names = [e["name"] for e in kws.experiences]
     report = {

@@ -1,28 +1,30 @@
-"""Run a continual-learning stream: device training, then consolidation after each device.
+"""The stream driver: device training, then consolidation after each device, evaluated as it goes.
 
 Every method consolidates the *same* device models (trained once, through the
 same code path as ``edge-agent train``), so methods differ only in how they
-consolidate. Used by ``central demo`` and ``benchmarks/dcl.py``.
+consolidate; or, with ``pull``, each device fine-tunes the method's current
+central, as a device running ``edge-agent`` does. One driver, one evaluator:
+``central demo``, ``benchmarks/dcl.py`` and ``benchmarks/ablations.py`` all run it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from central.consolidate import consolidate_step
-from central.evaluate import evaluate_model
+from central.consolidate import consolidate_step, step_seed
 from central.methods import ConsolidationConfig
 from central.metrics import summarize
 from edge_agent.bundle import Bundle, load_bundle
 from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource
-from edge_agent.train import TrainConfig, train_bundle
+from edge_agent.train import TrainConfig, masked_accuracy, train_bundle
 
 
 @dataclass
@@ -67,40 +69,98 @@ def train_devices(
     return devices
 
 
-def run_method(
+class StreamEvaluator:
+    """Accuracy of a model on every experience of a stream: class-incremental and task-aware.
+
+    Experience j is tested on its own test set (``stream.test_by_exp``: domain streams, where devices
+    share classes) or on the test samples of its classes. Class-incremental accuracy takes the argmax
+    over ``known`` (every class consolidated so far); task-aware over experience j's classes only.
+    """
+
+    def __init__(self, stream: Stream, labels: list[str]):
+        self.stream, self.labels = stream, labels
+
+    def experience_test(self, j: int) -> LabeledSet:
+        if self.stream.test_by_exp:
+            return self.stream.test_by_exp[j]
+        keep = set(self.stream.experiences[j]["classes"])
+        return self.stream.test.subset([i for i, lab in enumerate(self.stream.test.labels) if lab in keep])
+
+    def mask(self, classes: list[str]) -> torch.Tensor:
+        mask = torch.zeros(len(self.labels), dtype=torch.bool)
+        mask[[self.labels.index(c) for c in classes]] = True
+        return mask
+
+    def accuracy(self, model: torch.nn.Module, data: LabeledSet, classes: list[str]) -> float:
+        return masked_accuracy(model, data.x, data.targets(self.labels), self.mask(classes))
+
+    def row(self, model: torch.nn.Module, known: list[str]) -> tuple[list[float], list[float]]:
+        """(class-incremental, task-aware) accuracy of ``model`` on each experience."""
+        ci, ta = [], []
+        for j, e in enumerate(self.stream.experiences):
+            data = self.experience_test(j)
+            ci.append(self.accuracy(model, data, known))
+            ta.append(self.accuracy(model, data, e["classes"]))
+        return ci, ta
+
+
+# pull(t, history) -> the bundle device t uploads, fine-tuned from one of the centrals so far
+# (history[0] is central-0, history[-1] the current central).
+Pull = Callable[[int, list[torch.nn.Module]], Bundle]
+
+
+def run_stream(
     stream: Stream,
     base: Bundle,
     devices: list[Bundle],
     ood: OODSource,
     method: str,
     cfg: ConsolidationConfig,
-    progress: bool = True,
+    pull: Pull | None = None,
+    progress: bool = False,
     log=print,
+    keep_models: bool = False,
 ) -> dict:
-    """Consolidate the devices one after another with ``method``; return matrix, metrics and timing."""
+    """Consolidate the devices one after another with ``method``; the accuracy matrix, metrics and timing.
+
+    The consolidation at position t uses seed :func:`central.consolidate.step_seed` (cfg.seed, t), as
+    ``central consolidate`` does for a stream of ``--incoming``. With ``pull``, device t (from the second
+    on) is ``pull(t, history)`` instead of ``devices[t]``; its CPU time is reported apart.
+    """
+    ev = StreamEvaluator(stream, base.labels)
     T = len(devices)
-    R = np.zeros((T, T))
-    R_task = np.zeros((T, T))
+    R, R_task = np.zeros((T, T)), np.zeros((T, T))
     model, classes, support = base.model, list(base.manifest.trained_classes), None
-    cpu = []
+    history = [base.model]
+    cpu, wall, device_cpu, inits = [], [], [], []
     for t, dev in enumerate(devices):
-        step_cfg = ConsolidationConfig(**{**asdict(cfg), "seed": cfg.seed + t})
-        model, classes, timing = consolidate_step(
+        if pull is not None and t > 0:
+            t0 = time.process_time()
+            dev = pull(t, history)
+            device_cpu.append(time.process_time() - t0)
+        step_cfg = replace(cfg, seed=step_seed(cfg.seed, t))
+        model, classes, info = consolidate_step(
             model, classes, dev, ood, method, step_cfg, progress, f"{method} {t + 1}/{T}", support
         )
-        support = timing["class_support"]
-        cpu.append(timing["cpu_seconds"])
-        rep = evaluate_model(model, base.labels, stream.test, known=classes, experiences=stream.experiences)
-        for j, e in enumerate(stream.experiences):
-            pe = rep["per_experience"].get(e["name"], {})
-            R[t, j] = pe.get("accuracy", 0.0)
-            R_task[t, j] = pe.get("task_aware_accuracy", 0.0)
-        log(f"{method:>6} after {dev.manifest.trained_classes}: avg acc {R[t, : t + 1].mean():.3f}")
+        support = info["class_support"]
+        history.append(model)
+        cpu.append(info["cpu_seconds"])
+        wall.append(info["wall_seconds"])
+        inits.append(info.get("student_init", {}).get("chosen"))
+        R[t], R_task[t] = ev.row(model, classes)
+        log(f"{method:>8} after {stream.experiences[t]['name']}: avg acc {R[t, : t + 1].mean():.3f} ({info['wall_seconds']:.0f} s)")
     out = summarize(R)
     out["task_aware"] = summarize(R_task)
-    out["final_accuracy_all_classes"] = rep["accuracy"]
+    out["final_accuracy_all_classes"] = ev.accuracy(model, stream.test, classes)
     out["cpu_seconds_per_consolidation"] = cpu
-    out["model"] = model
+    out["wall_seconds_per_consolidation"] = wall
+    if device_cpu:
+        out["device_cpu_seconds"] = device_cpu
+    if any(inits):
+        out["student_init"] = inits  # per consolidation; ``auto`` resolves to previous or average
+    out["model"], out["classes"] = model, classes
+    if keep_models:
+        out["models"] = history[1:]
     return out
 
 

@@ -21,7 +21,7 @@ def make_progress(enabled: bool = True) -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
-        disable=not enabled or not sys.stderr.isatty() and not _forced(),
+        disable=not enabled or _off() or not sys.stderr.isatty() and not _forced(),
         transient=False,
     )
 
@@ -30,3 +30,9 @@ def _forced() -> bool:
     import os
 
     return os.environ.get("EDGE_PROGRESS") == "1"
+
+
+def _off() -> bool:
+    import os
+
+    return os.environ.get("EDGE_PROGRESS") == "0"

@@ -51,7 +51,7 @@ def test_round_dac_keeps_old_classes_better_than_naive(tmp_path):
     assert f"student started from {chosen}" in done.stdout
     # The lineage records the settings actually used: an image model's defaults, not the unset fields.
     used = b.manifest.extra["consolidation"]
-    assert used["lr"] == 3e-3 and used["target_norm"] == "none"
+    assert used["lr"] == 3e-3 and used["student_init"] == "auto"
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):

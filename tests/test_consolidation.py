@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from benchmarks.variants import centred_targets, variant
 from central.methods import ConsolidationConfig, Teacher, get_method
 from central.methods.distill import DAC, logit_targets
 from edge_agent.data.ood import NoiseOOD
@@ -39,7 +40,7 @@ def test_logit_targets_average_only_knowing_teachers():
     b = Teacher(_model(1), torch.tensor([0, 1, 1, 0, 0, 0], dtype=torch.bool))
     la = torch.arange(6.0).expand(2, 6)
     lb = 10 + torch.arange(6.0).expand(2, 6)
-    target, mask = logit_targets([a, b], [la, lb], norm="none")
+    target, mask = logit_targets([a, b], [la, lb])
     assert mask.tolist() == [True, True, True, False, False, False]  # classes nobody knows are excluded
     assert target[0, 0] == 0.0  # only a knows class 0
     assert target[0, 1] == (1.0 + 11.0) / 2  # both know class 1
@@ -51,7 +52,7 @@ def test_centred_targets_remove_each_teachers_mean_level():
     b = Teacher(_model(1), torch.tensor([0, 0, 1, 1], dtype=torch.bool))
     la = torch.tensor([[5.0, 7.0, 99.0, 99.0]])
     lb = torch.tensor([[-9.0, -9.0, 1.0, -3.0]])
-    target, mask = logit_targets([a, b], [la, lb], norm="centre")
+    target, mask = centred_targets([a, b], [la, lb])
     assert torch.allclose(target, torch.tensor([[-1.0, 1.0, 2.0, -2.0]]))
     assert mask.all()
 
@@ -62,13 +63,13 @@ def test_dac_trains_student_and_both_projections_and_leaves_teachers_untouched(m
     captured = {}
     original = DAC.make_projectors
 
-    def spy(self, student, teachers, cfg):
-        captured["proj"] = original(self, student, teachers, cfg)
+    def spy(self, student, teachers):
+        captured["proj"] = original(self, student, teachers)
         captured["init"] = copy.deepcopy(captured["proj"].state_dict())
         return captured["proj"]
 
     monkeypatch.setattr(DAC, "make_projectors", spy)
-    student = get_method("dac")(prev, new, NoiseOOD(SPEC), _cfg())
+    student = get_method("dac")(prev, new, NoiseOOD(SPEC), _cfg()).model
     for t, state in zip((prev, new), before, strict=True):
         for k, v in t.model.state_dict().items():
             assert torch.equal(v, state[k]), f"teacher changed: {k}"
@@ -82,7 +83,7 @@ def test_dac_trains_student_and_both_projections_and_leaves_teachers_untouched(m
 
 def test_average_merges_head_rows_by_who_knows_them():
     prev, new = _teachers()
-    out = get_method("avg")(prev, new, NoiseOOD(SPEC), _cfg()).state_dict()
+    out = get_method("avg")(prev, new, NoiseOOD(SPEC), _cfg()).model.state_dict()
     sp, sn = prev.model.state_dict(), new.model.state_dict()
     assert torch.equal(out["head.weight"][:2], sp["head.weight"][:2])  # only the previous central knows 0, 1
     assert torch.equal(out["head.weight"][2:4], sn["head.weight"][2:4])  # only the device knows 2, 3
@@ -96,7 +97,7 @@ def test_distillation_is_deterministic_for_a_seed():
     for i in range(2):
         prev, new = _teachers()
         torch.manual_seed(100 + i)  # the global RNG's history must not matter (projector init)
-        runs.append(get_method("dac")(prev, new, NoiseOOD(SPEC), _cfg(seed=3)).state_dict())
+        runs.append(get_method("dac")(prev, new, NoiseOOD(SPEC), _cfg(seed=3)).model.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
@@ -105,8 +106,8 @@ def test_support_weighting_makes_the_target_a_running_mean_over_devices():
     prev = Teacher(_model(0), both, support=torch.full((4,), 3.0))  # a central holding 3 devices
     new = Teacher(_model(1), both)  # one device
     lp, ln = torch.zeros(1, 4), torch.full((1, 4), 4.0)
-    equal, _ = logit_targets([prev, new], [lp, ln], weighting="equal")
-    support, _ = logit_targets([prev, new], [lp, ln], weighting="support")
+    equal, _ = logit_targets([Teacher(prev.model, both), new], [lp, ln])
+    support, _ = logit_targets([prev, new], [lp, ln])
     assert torch.allclose(equal, torch.full((1, 4), 2.0))
     assert torch.allclose(support, torch.full((1, 4), 1.0))  # (3 * 0 + 1 * 4) / 4
 
@@ -115,7 +116,7 @@ def test_average_with_support_weighting_is_a_running_fedavg():
     both = torch.ones(6, dtype=torch.bool)
     prev = Teacher(_model(0), both, support=torch.full((6,), 3.0))
     new = Teacher(_model(1), both, support=torch.ones(6))
-    out = get_method("avg")(prev, new, NoiseOOD(SPEC), _cfg(teacher_weighting="support")).state_dict()
+    out = get_method("avg")(prev, new, NoiseOOD(SPEC), _cfg()).model.state_dict()
     sp, sn = prev.model.state_dict(), new.model.state_dict()
     for k in ("features.0.0.weight", "head.weight", "head.bias"):
         assert torch.allclose(out[k], 0.75 * sp[k] + 0.25 * sn[k])
@@ -133,7 +134,7 @@ def test_consolidated_bundles_record_and_use_how_many_devices_back_each_class(tm
         p = tmp_path / f"b{i}.safetensors"
         save_bundle(model, new_manifest(model, labels, SPEC, trained_classes=classes), p)
         paths.append(p)
-    cfg = ConsolidationConfig(steps=1, batch_size=4, teacher_weighting="support")
+    cfg = ConsolidationConfig(steps=1, batch_size=4)
     consolidate_files(paths[0], paths[1:3], tmp_path / "c2.safetensors", method="avg", cfg=cfg, progress=False)
     c2 = load_bundle(tmp_path / "c2.safetensors")
     assert c2.manifest.extra["class_support"] == {c: 2 for c in labels[:4]}
@@ -145,47 +146,18 @@ def test_consolidated_bundles_record_and_use_how_many_devices_back_each_class(tm
     assert torch.allclose(c3.model.state_dict()[k], (2 * c2.model.state_dict()[k] + d3) / 3, atol=1e-6)
 
 
-def _bn_model(seed: int) -> torch.nn.Module:
-    """A cnn-s whose BatchNorm statistics describe a distinctive data set (bright, low-variance images)."""
-    m = _model(seed)
-    m.train()
-    with torch.no_grad():
-        for _ in range(20):
-            m(0.8 + 0.05 * torch.randn(32, 1, 8, 8))
-    return m.eval()
-
-
-def test_dreaming_pulls_pool_samples_towards_each_teachers_batchnorm_statistics():
-    from central.methods.dream import DreamOOD, _bn_layers, statistics_loss
-
-    prev = Teacher(_bn_model(0), torch.tensor([1, 1, 0, 0, 0, 0], dtype=torch.bool))
-    new = Teacher(_bn_model(1), torch.tensor([0, 0, 1, 1, 0, 0], dtype=torch.bool))
-    src = DreamOOD(NoiseOOD(SPEC), [prev, new], steps=3, lr=0.05, share=0.5, pool_size=16)
-    g = torch.Generator().manual_seed(0)
-    src.sample(8, g)  # builds the pools
-    before = [statistics_loss(t.model, _bn_layers(t.model), p.x)[0].item() for t, p in zip([prev, new], src.pools, strict=True)]
-    for _ in range(60):
-        x = src.sample(8, g)
-    after = [statistics_loss(t.model, _bn_layers(t.model), p.x)[0].item() for t, p in zip([prev, new], src.pools, strict=True)]
-    assert all(a < 0.7 * b for a, b in zip(after, before, strict=True)), (before, after)
-    labels = src.last_labels
-    assert x.shape == (8, 1, 8, 8) and labels.shape == (8,)
-    assert (labels == -1).sum() == 4  # half fresh OOD
-    assert set(labels[labels >= 0].tolist()) <= {0, 1, 2, 3}  # only classes a teacher knows
-
-
-def test_dreamed_labels_add_a_cross_entropy_term_to_the_distillation():
+def test_benchmark_variants_change_one_hook_and_keep_the_loop():
+    kl = get_method(variant("kd", {"logit_loss": "kl"}))
+    assert kl.name == "kd[logit_loss=kl]" and variant("kd", {"logit_loss": "mse"}) == "kd"
+    target, mask = torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([True, True, False])
+    assert float(kl.logit_loss(target.clone(), target, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(get_method("kd").logit_loss(target + 1, target, mask)) == pytest.approx(1.0)
+    mlp = get_method(variant("dac", {"projector": "mlp", "bn": "reestimate"}))
     prev, new = _teachers()
-    method = get_method("kd")
-    outs = [(torch.zeros(4, 8), torch.zeros(4, 6)), (torch.zeros(4, 8), torch.zeros(4, 6))]
-    student = (torch.zeros(4, 8), torch.zeros(4, 6))
-    plain, _, _ = method.loss([prev, new], outs, student, None, _cfg())
-    labels = torch.tensor([-1, -1, 0, 3])
-    dreamed, _, _ = method.loss([prev, new], outs, student, None, _cfg(dream_ce=1.0), labels)
-    # uniform student logits over the 4 known classes: cross-entropy log(4) on the two labelled samples
-    assert torch.isclose(dreamed - plain, torch.log(torch.tensor(4.0)))
-    student_run = get_method("dac")(_teachers()[0], _teachers()[1], NoiseOOD(SPEC), _cfg(dream_steps=1, steps=2))
-    assert all(torch.isfinite(v).all() for v in student_run.state_dict().values() if v.is_floating_point())
+    out = mlp(prev, new, NoiseOOD(SPEC), _cfg(steps=2))
+    assert all(torch.isfinite(v).all() for v in out.model.state_dict().values() if v.is_floating_point())
+    with pytest.raises(ValueError, match="unknown variant option"):
+        variant("dac", {"bn": "sometimes"})
 
 
 def _permuted(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -224,19 +196,18 @@ def test_auto_student_init_averages_only_models_that_share_a_basin():
     with torch.no_grad():
         assert torch.allclose(shuffled(x), prev.model(x), atol=1e-5)  # same function, other parameters
     dac = get_method("dac")
-    dac(prev, Teacher(tuned, known), NoiseOOD(SPEC), _cfg(student_init="auto", target_norm="none"))
-    assert dac.last_init["chosen"] == "average"
-    dac(prev, Teacher(shuffled, known), NoiseOOD(SPEC), _cfg(student_init="auto", target_norm="none"))
-    assert dac.last_init["chosen"] == "previous"
-    assert dac.last_init["target_mse"]["previous"] < 1e-8 < dac.last_init["target_mse"]["average"]
+    assert dac(prev, Teacher(tuned, known), NoiseOOD(SPEC), _cfg(student_init="auto")).info["chosen"] == "average"
+    info = dac(prev, Teacher(shuffled, known), NoiseOOD(SPEC), _cfg(student_init="auto")).info
+    assert info["chosen"] == "previous"
+    assert info["target_mse"]["previous"] < 1e-8 < info["target_mse"]["average"]
 
 
 def test_unset_settings_take_the_input_kinds_defaults():
     image = ConsolidationConfig().for_input("image")
     audio = ConsolidationConfig().for_input("audio")
-    assert (image.steps, image.lr, image.target_norm) == (1000, 3e-3, "none")
-    assert (audio.steps, audio.lr, audio.target_norm) == (500, 1e-3, "none")
-    mine = ConsolidationConfig(steps=7, lr=5e-4, target_norm="centre").for_input("image")  # what the user set stays
-    assert (mine.steps, mine.lr, mine.target_norm) == (7, 5e-4, "centre")
-    with pytest.raises(ValueError, match="target-norm must be one of none, centre"):
-        ConsolidationConfig(target_norm="mean").check()
+    assert (image.steps, image.lr) == (1000, 3e-3)
+    assert (audio.steps, audio.lr) == (500, 1e-3)
+    mine = ConsolidationConfig(steps=7, lr=5e-4).for_input("image")  # what the user set stays
+    assert (mine.steps, mine.lr) == (7, 5e-4)
+    with pytest.raises(ValueError, match="student-init must be one of previous, average, auto"):
+        ConsolidationConfig(student_init="mean").check()

@@ -12,18 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from central.consolidate import known_mask
-from central.distributed import (
-    DataParallelDistill,
-    DistributedJob,
-    Interrupted,
-    RankContext,
-    consolidate_distributed,
-    run_job,
-)
-from central.methods import ConsolidationConfig, Teacher, get_method
+from central.consolidate import consolidate_files
+from central.distributed import DistributedJob, Interrupted, consolidate_distributed, run_job
+from central.methods import ConsolidationConfig
+from central.methods.loop import Ranks
 from edge_agent.bundle import load_bundle, new_manifest, save_bundle
-from edge_agent.data.ood import open_ood
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,37 +45,22 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize(("method", "target_norm"), [("kd", "none"), ("dac", "centre")])
-def test_one_process_loop_is_the_method_bit_for_bit(devices, method, target_norm):
-    # The distributed loop mirrors Distill.__call__; any drift in the method's loop shows up here.
-    d1, d2 = (load_bundle(p) for p in devices)
-    prev = Teacher(d1.model, known_mask(d1.labels, d1.manifest.trained_classes))
-    inc = Teacher(d2.model, known_mask(d2.labels, d2.manifest.trained_classes))
-    ood = open_ood(None, d1.input_spec)
-    cfg = ConsolidationConfig(steps=8, batch_size=8, seed=3, bn_mode="reestimate", target_norm=target_norm)
-    torch.manual_seed(7)
-    a = get_method(method)(prev, inc, ood, cfg)
-    torch.manual_seed(7)
-    b = DataParallelDistill(get_method(method))(prev, inc, ood, cfg)
-    assert _state_equal(a, b)
-
-
 def test_resume_after_interruption_gives_the_same_bundle(tmp_path, central0, devices):
     cfg = ConsolidationConfig(steps=24, batch_size=8, seed=1)
     inc = list(devices)
     torch.manual_seed(0)  # the projections' initial weights come from the global RNG (see distill.py)
     run_job(
-        DistributedJob(central0, inc, tmp_path / "full.safetensors", cfg=cfg, checkpoint_every=5), RankContext(), False
+        DistributedJob(central0, inc, tmp_path / "full.safetensors", cfg=cfg, checkpoint_every=5), Ranks(), False
     )
     job = DistributedJob(central0, inc, tmp_path / "cut.safetensors", cfg=cfg, checkpoint_every=5)
     torch.manual_seed(0)
     with pytest.raises(Interrupted):
-        run_job(job, RankContext(), False, stop_after_step=13)
+        run_job(job, Ranks(), False, stop_after_step=13)
     assert job.checkpoint_path().exists() and not job.out.exists()
     with pytest.raises(ValueError, match="--resume"):
-        run_job(job, RankContext(), False)  # never silently overwrites an interrupted run's checkpoint
+        run_job(job, Ranks(), False)  # never silently overwrites an interrupted run's checkpoint
     job.resume = True
-    r = run_job(job, RankContext(), False)
+    r = run_job(job, Ranks(), False)
     assert r["distributed"]["resumed_from"] == {"position": 1, "step": 10}
     assert _state_equal(load_bundle(tmp_path / "full.safetensors").model, load_bundle(job.out).model)
     assert not job.checkpoint_path().exists()
@@ -102,6 +80,12 @@ def test_two_gloo_ranks_keep_identical_students_and_write_a_valid_bundle(tmp_pat
     assert b.manifest.parents == [load_bundle(p).id for p in (central0, *devices)]
     assert b.manifest.extra["distributed"]["world_size"] == 2
     assert not (tmp_path / "c2.safetensors.ckpt").exists()
+    # The lineage records where each student started, as one process records it.
+    one = consolidate_files(central0, list(devices), tmp_path / "c1.safetensors", method="dac", cfg=cfg, progress=False)
+    assert [s.get("student_init", {}).get("chosen") for s in b.manifest.extra["stream"]] == [
+        s.get("student_init", {}).get("chosen") for s in one["steps"]
+    ]
+    assert b.manifest.extra["stream"][1]["student_init"]["chosen"] in ("previous", "average")
 
 
 def test_bad_requests_fail_before_launching(tmp_path, central0, devices):
@@ -140,10 +124,12 @@ def test_killed_rank_fails_the_job_with_a_clear_error_and_no_bundle(tmp_path, ce
         "--nproc-per-node",
         "2",
         "-m",
-        "central.consolidate",
-    ]
-    cmd += ["--base", str(central0), "--incoming", *map(str, devices), "--out", str(out), "--steps", "400"]
-    cmd += ["--batch-size", "16", "--checkpoint-every", "5", "--timeout", "30", "--no-progress"]
+        "central.cli",
+        "consolidate",
+    ]  # every rank runs the same `central consolidate` a person would give torchrun
+    cmd += ["--base", str(central0), "--out", str(out), "--steps", "400", "--batch-size", "16"]
+    cmd += [a for d in devices for a in ("--incoming", str(d))]
+    env |= {"CENTRAL_CHECKPOINT_EVERY": "5", "CENTRAL_DIST_TIMEOUT": "30", "EDGE_PROGRESS": "0"}
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 60

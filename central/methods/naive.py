@@ -2,14 +2,14 @@
 
 import copy
 
-from central.methods.base import register_method
+from central.methods.base import Consolidated, register_method
 
 
 class Naive:
     name = "naive"
 
     def __call__(self, previous, incoming, ood, cfg, progress=None):
-        return copy.deepcopy(incoming.model)
+        return Consolidated(copy.deepcopy(incoming.model))
 
 
 register_method(Naive())

@@ -49,8 +49,7 @@ def consolidate_from_queue(
     data_dir: str | os.PathLike | None = None,
     ood: str | None = None,
     method: str = "dac",
-    steps: int | None = None,
-    seed: int = 0,
+    cfg=None,
     limit: int | None = None,
     progress: bool = True,
 ) -> dict:
@@ -85,7 +84,7 @@ def consolidate_from_queue(
                     raise ValueError(f"upload {u['id']} came back with different bytes than its id")
                 dest.write_bytes(resp.content)
                 incoming.append(dest)
-            cfg = ConsolidationConfig(seed=seed, **({"steps": steps} if steps else {}))
+            cfg = cfg or ConsolidationConfig()
             out = Path(tmp) / "consolidated.safetensors"
             info = consolidate_files(base, incoming, out, ood=ood, method=method, cfg=cfg, progress=progress)
             v = publish_file(c, out, consolidates=[int(u["id"]) for u in queue], expected_current=cur["version"])

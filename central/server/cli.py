@@ -184,8 +184,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Consolidate the queued uploads in arrival order and publish the result as a new version."""
-        r = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps,
-                                   seed=seed, limit=limit, progress=not as_json)
+        from central.methods import ConsolidationConfig
+
+        cfg = ConsolidationConfig(steps=steps, seed=seed)
+        r = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg,
+                                   limit=limit, progress=not as_json)
         if as_json:
             typer.echo(json.dumps(r, indent=2))
         elif r["version"] is None:
