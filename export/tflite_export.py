@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,11 +129,3 @@ def export_tflite_int8(
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else ""
-
-
-def tflite_ops(path: str | Path) -> list[str]:
-    """Op names of a ``.tflite`` file in execution order (needs ai-edge-litert)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=os.fspath(path))
-    return [op["op_name"] for op in it._get_ops_details()]
