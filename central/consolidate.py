@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from central.methods import ConsolidationConfig, Teacher, get_method
+from edge_agent import compat
 from edge_agent.bundle import Bundle, BundleError, load_bundle, new_manifest, save_bundle
 from edge_agent.data.ood import OODSource, open_ood
 from edge_agent.models import EdgeModel
@@ -60,19 +61,12 @@ def merged_support(
 
 
 def check_compatible(base: Bundle, other: Bundle) -> None:
-    """The incoming model must share the central's architecture, label list and input spec."""
+    """The incoming model must fit the central: :func:`edge_agent.compat.check_compatible`, the server's rule too."""
     name = other.path.name if other.path else other.id[:12]
-    if other.manifest.arch != base.manifest.arch or other.manifest.arch_config != base.manifest.arch_config:
-        raise ConsolidationError(
-            f"{name}: architecture {other.manifest.arch} {other.manifest.arch_config} differs from the central's "
-            f"{base.manifest.arch} {base.manifest.arch_config}"
-        )
-    if other.labels != base.labels:
-        raise ConsolidationError(f"{name}: its label list differs from the central's")
-    if other.manifest.input != base.manifest.input:
-        raise ConsolidationError(f"{name}: its input spec differs from the central's")
-    if not other.manifest.trained_classes:
-        raise ConsolidationError(f"{name}: the device model was not trained on any class")
+    try:
+        compat.check_compatible(base.manifest, other.manifest)
+    except compat.IncompatibleBundle as e:
+        raise compat.IncompatibleBundle(f"{name}: {e}") from None
 
 
 def consolidate_step(
@@ -139,10 +133,9 @@ def load_inputs(base_path: str | Path, incoming_paths: list[str | Path]) -> tupl
     incoming = []
     for p in incoming_paths:
         try:
-            b = load_bundle(p)
+            b = load_bundle(p, expect=base.manifest)  # checks check_compatible's rule before building the model
         except BundleError as e:
-            raise BundleError(f"{p}: {e}") from None
-        check_compatible(base, b)
+            raise type(e)(f"{p}: {e}") from None
         incoming.append(b)
     if not incoming:
         raise ConsolidationError("nothing to consolidate: give at least one --incoming device model")

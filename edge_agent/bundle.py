@@ -2,7 +2,7 @@
 
 A bundle's id is the sha256 of its bytes. Loading validates everything at the
 boundary (header, manifest, architecture, tensor names, shapes, dtypes, finite
-values) and never unpickles; every failure is a :class:`BundleError` whose
+and bounded values, see :mod:`edge_agent.compat`) and never unpickles; every failure is a :class:`BundleError` whose
 message is one line naming the problem.
 """
 
@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -98,6 +97,10 @@ class Manifest:
             raise BundleError("bundle labels contain duplicates")
         if not self.labels:
             raise BundleError("bundle has an empty label list")
+        if not isinstance(self.trained_classes, list) or not all(isinstance(x, str) for x in self.trained_classes):
+            raise BundleError("bundle trained_classes must be a list of labels")
+        if not isinstance(self.parents, list) or not all(isinstance(x, str) for x in self.parents):
+            raise BundleError("bundle parents must be a list of bundle ids")
         stray = sorted(set(self.trained_classes) - set(self.labels))
         if stray:
             raise BundleError(f"trained classes not in the label list: {', '.join(stray)}")
@@ -170,10 +173,13 @@ def bundle_bytes(model: EdgeModel, manifest: Manifest) -> bytes:
     The manifest records the sha256 of the tensor data section, so an edited
     byte anywhere in the file is caught on load, not only in the header.
     """
+    from edge_agent.compat import check_weights  # compat builds on this module
+
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    for name, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise BundleError(f"refusing to save: tensor {name!r} has NaN or infinite values")
+    try:
+        check_weights(tensors)
+    except BundleError as e:
+        raise BundleError(f"refusing to save: {e}") from None
     # The data layout does not depend on the metadata, so hash it from a first pass.
     manifest.weights_sha256 = hashlib.sha256(_data_section(st_save(tensors))).hexdigest()
     return st_save(tensors, metadata={"manifest": manifest.to_json()})
@@ -210,15 +216,25 @@ def read_manifest(data: bytes) -> Manifest:
     return Manifest.from_json(meta["manifest"])
 
 
-def load_bundle_bytes(data: bytes, path: Path | None = None) -> Bundle:
-    """Validate and load a bundle from its bytes (see module docstring)."""
+def load_bundle_bytes(data: bytes, path: Path | None = None, expect: Manifest | None = None) -> Bundle:
+    """Validate and load a bundle from its bytes (see module docstring).
+
+    With ``expect`` (a central's manifest) the bundle must also fit it
+    (:func:`edge_agent.compat.check_compatible`), checked before the model is built:
+    a manifest asking for a huge architecture costs nothing when it does not match.
+    """
+    from edge_agent.compat import check_compatible, check_weights  # compat builds on this module
+
     manifest = read_manifest(data)
     if hashlib.sha256(_data_section(data)).hexdigest() != manifest.weights_sha256:
         raise BundleError("corrupt bundle: the weights do not match the checksum in its manifest")
+    if expect is not None:
+        check_compatible(expect, manifest)
     try:
         tensors = st_load(data)
     except SafetensorError as e:
         raise BundleError(f"corrupt or truncated bundle: {str(e).splitlines()[0]}") from None
+    check_weights(tensors)
     try:
         model = create_model(manifest.arch, num_classes=manifest.num_classes, **manifest.arch_config)
     except UnknownArchitectureError as e:
@@ -238,8 +254,6 @@ def load_bundle_bytes(data: bytes, path: Path | None = None) -> Bundle:
             raise BundleError(f"tensor {name!r} has shape {list(t.shape)}, {manifest.arch} needs {list(ref.shape)}")
         if t.dtype != ref.dtype:
             raise BundleError(f"tensor {name!r} has dtype {t.dtype}, expected {ref.dtype}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise BundleError(f"tensor {name!r} has NaN or infinite values")
     model.load_state_dict(tensors, strict=True)
     spec = manifest.input_spec
     if manifest.arch_config.get("in_chans", spec.shape[0]) != spec.shape[0]:
@@ -248,12 +262,12 @@ def load_bundle_bytes(data: bytes, path: Path | None = None) -> Bundle:
     return Bundle(model=model, manifest=manifest, id=hashlib.sha256(data).hexdigest(), path=path)
 
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Load and validate the bundle at ``path``."""
+def load_bundle(path: str | os.PathLike, expect: Manifest | None = None) -> Bundle:
+    """Load and validate the bundle at ``path`` (and check it fits ``expect``, see :func:`load_bundle_bytes`)."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"no bundle at {path}")
-    return load_bundle_bytes(path.read_bytes(), path=path)
+    return load_bundle_bytes(path.read_bytes(), path=path, expect=expect)
 
 
 def bundle_id(path: str | os.PathLike) -> str:

@@ -211,3 +211,23 @@ def test_unset_settings_take_the_input_kinds_defaults():
     assert (mine.steps, mine.lr) == (7, 5e-4)
     with pytest.raises(ValueError, match="student-init must be one of previous, average, auto"):
         ConsolidationConfig(student_init="mean").check()
+
+
+def test_the_consolidator_refuses_what_the_server_refuses_with_the_same_message(tmp_path):
+    # The server's upload check and `central consolidate` apply one rule (edge_agent.compat);
+    # test_server.py checks the server's answers to these same bundles.
+    from test_server_support import make_central, refusal, unconsolidatable_uploads, wide_claim_upload
+
+    from central.consolidate import load_inputs
+    from edge_agent.bundle import BundleError
+
+    base = tmp_path / "central-0.safetensors"
+    make_central(base)
+    cases = {**unconsolidatable_uploads(base), "width 2500 claimed": (wide_claim_upload(base), "arch_config")}
+    for i, (name, (body, field)) in enumerate(cases.items()):
+        p = tmp_path / f"upload-{i}.safetensors"
+        p.write_bytes(body)
+        with pytest.raises(BundleError) as e:
+            load_inputs(base, [p])
+        assert str(e.value) == f"{p}: {refusal(base, body)}", name
+        assert field in str(e.value), name

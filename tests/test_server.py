@@ -15,7 +15,17 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import save as st_save
-from test_server_support import ServerProc, agent, central, enrol, make_central
+from test_server_support import (
+    ServerProc,
+    agent,
+    central,
+    enrol,
+    make_central,
+    peak_rss_mb,
+    refusal,
+    unconsolidatable_uploads,
+    wide_claim_upload,
+)
 
 from edge_agent.bundle import _data_section, load_bundle, new_manifest, save_bundle
 from edge_agent.client.http import CentralClient
@@ -192,6 +202,34 @@ def test_bad_uploads_are_rejected_without_a_trace(server, v1, work):
     metrics = httpx.get(server.url + "/metrics").text
     assert 'central_upload_rejections_total{reason="too_large"} 1' in metrics
     assert "central_queue_length" in metrics
+
+
+def test_uploads_the_consolidator_would_refuse_are_refused(server, v1, work):
+    # Each was answered 201 once, then `central consolidate --from-queue` refused it every time: the queue was stuck.
+    base = work / "central-0.safetensors"
+    before = store_state(server)
+    with device_client(server, work / "agent-kitchen") as c:
+        for name, (body, fld) in unconsolidatable_uploads(base).items():
+            r = c.post("/v1/uploads", content=body)
+            assert r.status_code == 422, (name, r.status_code, r.text)
+            detail = r.json()["detail"]
+            assert fld in detail and "\n" not in detail, (name, detail)
+            assert detail == f"rejected: {refusal(base, body)}", name  # the consolidator's words
+    assert store_state(server) == before
+
+
+def test_an_architecture_mismatch_is_refused_before_the_model_is_built(server, v1, work):
+    # A few KB claiming width 2500 used to make the server build a ~2 GB model before comparing it.
+    base = work / "central-0.safetensors"
+    body = wide_claim_upload(base, width=2500)
+    before = store_state(server)
+    peak = peak_rss_mb(server.proc.pid)
+    with device_client(server, work / "agent-kitchen") as c:
+        r = c.post("/v1/uploads", content=body)
+    assert r.status_code == 422, r.text
+    assert "arch_config" in r.json()["detail"] and "2500" in r.json()["detail"]
+    assert peak_rss_mb(server.proc.pid) - peak < 200
+    assert store_state(server) == before
 
 
 def test_idempotent_upload_and_cli_upload(server, v1, work):

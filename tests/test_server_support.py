@@ -145,3 +145,86 @@ def kit_builder(bundle_path: Path, fmt: str, out_dir: Path) -> None:
         m = json.loads(mpath.read_text())
         m["labels"] = list(m["labels"]) + ["extra"]
         mpath.write_text(json.dumps(m))
+
+
+def crafted_upload(base: Path, seed: int = 0, edit_tensors=None, **changes) -> bytes:
+    """A device-like bundle derived from ``base`` with manifest fields replaced by ``changes``.
+
+    Written with safetensors directly (checksum right, no checks on save), so it can
+    hold what ``save_bundle`` refuses. A ``labels`` change of another length gets a head of that size.
+    """
+    import hashlib
+
+    import torch
+    from safetensors.torch import save as st_save
+
+    from edge_agent.bundle import _data_section, load_bundle, new_manifest
+    from edge_agent.models import create_model
+
+    b = load_bundle(base)
+    labels = changes.pop("labels", b.labels)
+    model = b.model
+    if len(labels) != len(b.labels):
+        model = create_model(b.manifest.arch, len(labels), **b.manifest.arch_config)
+        body = {k: v for k, v in b.model.state_dict().items() if not k.startswith("head.")}
+        model.load_state_dict(body, strict=False)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.head.bias.add_(torch.randn_like(model.head.bias) * 0.01)
+    m = new_manifest(model, labels, b.input_spec, trained_classes=["0"], parents=[b.id], method="train")
+    for k, v in changes.items():
+        setattr(m, k, v)
+    tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if edit_tensors is not None:
+        edit_tensors(tensors)
+    m.weights_sha256 = hashlib.sha256(_data_section(st_save(tensors))).hexdigest()
+    return st_save(tensors, metadata={"manifest": m.to_json()})
+
+
+def _huge_bias(tensors: dict) -> None:
+    tensors["head.bias"][0] = 3e38  # finite in float32, but consolidating it overflows
+
+
+def unconsolidatable_uploads(base: Path) -> dict[str, tuple[bytes, str]]:
+    """Well-formed uploads derived from ``base`` that ``central consolidate`` refuses: name -> (bytes, field named)."""
+    from edge_agent.bundle import load_bundle
+
+    b = load_bundle(base)
+    return {
+        "label list extended by one": (crafted_upload(base, 1, labels=[*b.labels, "new"]), "labels"),
+        "no trained classes": (crafted_upload(base, 2, trained_classes=[]), "trained_classes"),
+        "non-integer class_support": (crafted_upload(base, 3, extra={"class_support": {"0": "many"}}), "extra.class_support"),
+        "extra not an object": (crafted_upload(base, 4, extra=["class_support"]), "extra"),
+        "finite weights of 3e38": (crafted_upload(base, 5, edit_tensors=_huge_bias), "weights"),
+    }
+
+
+def wide_claim_upload(base: Path, width: int = 2500) -> bytes:
+    """The tensors of a ``base``-sized model under a manifest claiming ``width``: costly if built before comparing."""
+    from edge_agent.bundle import load_bundle
+
+    cfg = load_bundle(base).manifest.arch_config
+    return crafted_upload(base, 6, arch_config={**cfg, "width": width})
+
+
+def refusal(base: Path, data: bytes) -> str:
+    """The message the consolidation rule (:mod:`edge_agent.compat`) gives for ``data`` against the central ``base``."""
+    from safetensors.torch import load as st_load
+
+    from edge_agent.bundle import BundleError, read_manifest
+    from edge_agent.compat import check_compatible, check_weights
+
+    try:
+        check_compatible(read_manifest(Path(base).read_bytes()), read_manifest(data))
+        check_weights(st_load(data))
+    except BundleError as e:
+        return str(e)
+    raise AssertionError("the consolidation rule accepts this bundle")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The highest resident set size process ``pid`` has had (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")

@@ -36,7 +36,8 @@ from central.server.auth import (
 from central.server.kits import DEFAULT_FORMATS, KitWorker, load_builder, split_format
 from central.server.registry import Registry, RegistryError
 from central.server.signing import ReleaseSigner
-from edge_agent.bundle import BundleError, Manifest, load_bundle_bytes, read_manifest
+from central.server.uploads import validate_upload
+from edge_agent.bundle import BundleError, load_bundle_bytes
 from edge_agent.client.trust import MODEL_FORMAT
 
 log = logging.getLogger("central.server")
@@ -244,32 +245,6 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def validate_upload(data: bytes, base_version: int | None) -> tuple[str, int]:
-        """Everything checked before storing: bundle, lineage, architecture, labels. Returns (id, base)."""
-        bundle = load_bundle_bytes(data)  # header, manifest, shapes, dtypes, finite weights
-        m = bundle.manifest
-        bases = [v for v in (st.registry.version_for_bundle(p) for p in m.parents) if v is not None]
-        if base_version is not None:
-            base = st.registry.get_version(base_version)
-            if base is None:
-                raise BundleError(f"base version {base_version} does not exist")
-            if base["bundle_id"] not in m.parents:
-                raise BundleError(f"the bundle was not fine-tuned from central v{base_version} (its parents differ)")
-        elif bases:
-            base = bases[-1]
-        else:
-            raise BundleError("the bundle does not derive from any published central version")
-        ref: Manifest = read_manifest(st.registry.store.path(base["bundle_id"]).read_bytes())
-        if (m.arch, m.arch_config) != (ref.arch, ref.arch_config):
-            raise BundleError(
-                f"architecture {m.arch} {m.arch_config} does not match central v{base['version']} ({ref.arch} {ref.arch_config})"
-            )
-        if m.labels[: len(ref.labels)] != ref.labels:
-            raise BundleError(f"label list does not extend central v{base['version']}'s labels")
-        if m.input != ref.input:
-            raise BundleError(f"input spec does not match central v{base['version']}")
-        return bundle.id, base["version"]
-
     def reject(reason: str, status: int, message: str) -> HTTPException:
         st.metrics.count(st.metrics.uploads, "rejected")
         st.metrics.count(st.metrics.rejections, reason)
@@ -290,7 +265,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 st.metrics.count(st.metrics.rejections, "too_large")
             raise
         try:
-            bid, base = await run_in_threadpool(validate_upload, data, base_version)
+            bid, base = await run_in_threadpool(validate_upload, st.registry, data, base_version)
         except BundleError as e:
             raise reject("invalid_bundle", 422, f"rejected: {e}") from None
         row, duplicate = await run_in_threadpool(st.registry.add_upload, device, data, bid, base)
