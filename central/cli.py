@@ -127,16 +127,8 @@ def consolidate(
     cfg.check()
     if from_queue:
         from central.server.admin import consolidate_from_queue
-        from edge_agent.client.http import CentralError, CentralUnreachable
 
-        try:
-            result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps, seed=seed)
-        except CentralUnreachable as e:
-            typer.secho(f"error: {e}", err=True, fg="red")
-            raise typer.Exit(75) from None
-        except CentralError as e:
-            typer.secho(f"error: central answered {e.status}: {e}", err=True, fg="red")
-            raise typer.Exit(1) from None
+        result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps, seed=seed)
         typer.echo(json.dumps(result, indent=2))
         return
     if base is None or not incoming or out is None:

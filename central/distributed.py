@@ -70,7 +70,7 @@ RANK_SEED_STRIDE = 1_000_003  # rank r draws from seed + r * stride: apart from 
 class DistributedConsolidationError(ValueError):
     """A distributed consolidation that failed (a rank died, timed out or disagreed).
 
-    A ValueError so that the CLI's ``friendly`` wrapper prints it as one line.
+    The CLI prints it as one line and exits 1 (``edge_agent.cli_support.EXIT_CODE_OF_ERROR``).
     """
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_agent.cli_support import friendly, register_optional, run_app
+from edge_agent.cli_support import EXIT_INTERRUPTED, friendly, register_optional, run_app
 
 app = typer.Typer(
     help="The edge agent: fine-tunes the central model on this device's own data; no raw data leaves the device.",
@@ -65,7 +65,7 @@ def train(
         r = train_bundle(model, data, out, cfg)
     except (KeyboardInterrupt, Interrupted):
         typer.secho(f"interrupted: run the same command again to resume from {out}.ckpt", err=True, fg="yellow")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     m = r["metrics"]
     val = f", local validation accuracy {m['val_accuracy']:.3f} on {m['n_val']}" if "val_accuracy" in m else ""
     typer.echo(f"wrote {out}: classes {', '.join(r['classes'])}{val}; id {r['id']}")
