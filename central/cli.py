@@ -10,14 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.cli_support import friendly, register_optional, run_app
+from edge_agent.cli_support import EXIT_CODES_HELP, add_version_option, friendly, register_optional, run_app
 
 app = typer.Typer(
-    help="The central: consolidates device models into one multi-task model without any device data.",
+    help="The central: consolidates device models into one multi-task model without any device data.\n\n"
+    f"{EXIT_CODES_HELP}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+add_version_option(app)
 out_console = Console()
 
 

@@ -7,16 +7,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_agent.cli_support import EXIT_INTERRUPTED, friendly, register_optional, run_app
+from edge_agent.cli_support import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    add_version_option,
+    friendly,
+    register_optional,
+    run_app,
+)
 
 app = typer.Typer(
-    help="The edge agent: fine-tunes the central model on this device's own data; no raw data leaves the device.",
+    help="The edge agent: fine-tunes the central model on this device's own data; no raw data leaves the device.\n\n"
+    f"{EXIT_CODES_HELP}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
 data_app = typer.Typer(help="Write the bundled datasets as folders (images: Split-Digits; audio: synthetic speech).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+add_version_option(app)
 
 
 @app.command()

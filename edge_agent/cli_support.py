@@ -24,7 +24,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -35,6 +35,9 @@ EXIT_MISSING_EXTRA = EXIT_USAGE
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an error of our own code
 EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: what schedulers (systemd, cron wrappers) understand as "retry later"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+# One line for the top-level --help of both CLIs.
+EXIT_CODES_HELP = "Exit codes: 0 done, 1 refused, 2 bad input, 75 central unreachable (retry later), 130 interrupted (docs/cli.md)."
 
 # "module:class" -> exit code, most specific first: the first class the error is an instance of decides
 # (TrustError is a ValueError, but a bad signature is a refusal, not bad input).
@@ -178,6 +181,33 @@ def friendly(fn: Callable) -> Callable:
 
     wrapper.__cli_errors__ = True  # tests/test_cli_help.py checks that every command has it
     return wrapper
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edge-dcl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"edge-dcl {package_version()}")
+        raise typer.Exit()
+
+
+def add_version_option(app: typer.Typer) -> None:
+    """``--version`` on the app's top level: prints ``edge-dcl <version>`` and exits 0."""
+
+    @app.callback()
+    def _top(
+        version: Annotated[
+            bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+        ] = False,
+    ) -> None:
+        pass
 
 
 def run_app(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 
 import pytest
 from typer.testing import CliRunner
@@ -184,3 +185,8 @@ def test_the_wrapper_imports_no_heavy_module():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert p.stdout.strip() == "[]", p.stdout + p.stderr
 
+
+@pytest.mark.parametrize("app", [agent_app, central_app], ids=["edge-agent", "central"])
+def test_version(app):
+    r = invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"edge-dcl {version('edge-dcl')}"
