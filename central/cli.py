@@ -14,7 +14,8 @@ from edge_agent.cli_support import EXIT_CODES_HELP, add_version_option, friendly
 
 app = typer.Typer(
     help="The central: consolidates device models into one multi-task model without any device data.\n\n"
-    f"{EXIT_CODES_HELP}",
+    f"{EXIT_CODES_HELP}\n\n"
+    "Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors[/]",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -158,7 +159,10 @@ def evaluate(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Accuracy overall, per class and per experience (class-incremental and task-aware)."""
+    """Accuracy overall, per class and per experience (class-incremental and task-aware).
+
+    Example: [bold]central evaluate --model central-1.safetensors --data split-digits/test --json[/]
+    """
     from central.evaluate_cli import evaluate_path
 
     report = evaluate_path(model, data, stream)
@@ -199,7 +203,10 @@ def demo(
         bool, typer.Option("--via-server", help="run the loop through a real server on 127.0.0.1 with agent processes")
     ] = False,
 ) -> None:
-    """Run a whole continual-learning stream end to end on bundled data and write a report."""
+    """Run a whole continual-learning stream end to end on bundled data and write a report.
+
+    Example: [bold]central demo --out demo-out --modality image --methods naive,dac --steps 1000[/]
+    """
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     if via_server:
         from central.demo_server import run_server_demo

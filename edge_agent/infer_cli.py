@@ -19,7 +19,10 @@ def infer_command(
     format: str = typer.Option(None, "--format", help="onnx or tflite when the kit holds both (default: first listed)."),
     threads: int = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's choice)."),
 ) -> None:
-    """Run a kit on one input: checks the kit's checksums, preprocesses as its manifest says, prints top-k."""
+    """Run a kit on one input: checks the kit's checksums, preprocesses as its manifest says, prints top-k.
+
+    Example: [bold]edge-agent infer kit/ photo.jpg --top-k 3 --format tflite[/]
+    """
     from edge_agent.runtime import infer
 
     preds = infer(kit, input, k=top_k, format=format, num_threads=threads)

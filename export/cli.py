@@ -35,7 +35,10 @@ def export_command(
     ),
     calib_samples: int = typer.Option(256, "--calib-samples", min=8, help="Calibration samples for int8."),
 ) -> None:
-    """Export a bundle to an artifact kit, with a parity check of every artifact against the torch model."""
+    """Export a bundle to an artifact kit, with a parity check of every artifact against the torch model.
+
+    Example: [bold]central export --model central-1.safetensors --format all --quantize int8 --out kit/[/]
+    """
     # Heavy imports here, not at module level: `central --help` must stay fast.
     from export.calibration import noise_batches, ood_batches
     from export.kit import export_bundle

@@ -78,7 +78,10 @@ def register(app: typer.Typer) -> None:
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Make a bundle the current central version (signed; its kits are built in the background)."""
+        """Make a bundle the current central version (signed; its kits are built in the background).
+
+        Example: [bold]central publish central-1.safetensors --server http://127.0.0.1:8080 --data-dir registry/[/]
+        """
         if not bundle.is_file():
             raise FileNotFoundError(f"no bundle at {bundle}")
         with admin_client(server, admin_token, data_dir) as c:
@@ -90,7 +93,10 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(f"published v{v['version']} ({v['bundle_id'][:12]}…); kits are being built")
 
-    devices = typer.Typer(help="enrol, list and revoke devices", no_args_is_help=True)
+    devices = typer.Typer(
+        help="enrol, list and revoke devices\n\nExample: [bold]central devices add kitchen-pi --data-dir registry/[/]",
+        no_args_is_help=True,
+    )
     app.add_typer(devices, name="devices")
 
     @devices.command("add")
@@ -100,7 +106,10 @@ def register(app: typer.Typer) -> None:
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Register a device; prints its one-time enrolment token."""
+        """Register a device; prints its one-time enrolment token.
+
+        Example: [bold]central devices add kitchen-pi --data-dir registry/[/]
+        """
         with admin_client(server, admin_token, data_dir) as c:
             body = c.post_json("/v1/admin/devices", {"name": name})
         if as_json:
@@ -114,7 +123,10 @@ def register(app: typer.Typer) -> None:
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """List devices."""
+        """List devices.
+
+        Example: [bold]central devices list --json --data-dir registry/[/]
+        """
         with admin_client(server, admin_token, data_dir) as c:
             rows = c.get_json("/v1/admin/devices")
         if as_json:
@@ -130,7 +142,10 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="device name")],
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
     ) -> None:
-        """Revoke a device: its token stops working at once."""
+        """Revoke a device: its token stops working at once.
+
+        Example: [bold]central devices revoke kitchen-pi --data-dir registry/[/]
+        """
         with admin_client(server, admin_token, data_dir) as c:
             c.post_json(f"/v1/admin/devices/{name}/revoke")
         typer.echo(f"device {name} revoked")
@@ -142,7 +157,10 @@ def register(app: typer.Typer) -> None:
         show_all: bool = typer.Option(False, "--all", help="include consolidated uploads"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Uploaded device models waiting for consolidation, in arrival order."""
+        """Uploaded device models waiting for consolidation, in arrival order.
+
+        Example: [bold]central queue --all --data-dir registry/[/]
+        """
         with admin_client(server, admin_token, data_dir) as c:
             rows = c.get_json("/v1/admin/queue", params={"status": "all" if show_all else "queued"})
         if as_json:
@@ -165,7 +183,10 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(None, help="consolidate at most this many uploads"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Consolidate the queued uploads in arrival order and publish the result as a new version."""
+        """Consolidate the queued uploads in arrival order and publish the result as a new version.
+
+        Example: [bold]central consolidate-queue --ood photos/ --steps 1000 --data-dir registry/[/]
+        """
         from central.server.admin import consolidate_from_queue
 
         r = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, steps=steps,

@@ -66,7 +66,10 @@ def register(app: typer.Typer) -> None:
         token: Annotated[str, typer.Option(help="one-time enrolment token from `central devices add`")],
         force: bool = typer.Option(False, help="replace an existing enrolment"),
     ) -> None:
-        """Enrol this device with the central and pin the central's signing key."""
+        """Enrol this device with the central and pin the central's signing key.
+
+        Example: [bold]edge-agent enroll --server http://central:8080 --token enr_0123abcd[/]
+        """
         from edge_agent.client.http import CentralClient
 
         home = AgentHome()
@@ -81,7 +84,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @friendly
     def pull() -> None:
-        """Download the current central model (signed, verified, never older than the one we have)."""
+        """Download the current central model (signed, verified, never older than the one we have).
+
+        Example: [bold]edge-agent pull[/]
+        """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
@@ -95,7 +101,10 @@ def register(app: typer.Typer) -> None:
         file: Annotated[Path, typer.Argument(help="a bundle this device fine-tuned")],
         base_version: int = typer.Option(None, help="central version it was fine-tuned from (default: from its manifest)"),
     ) -> None:
-        """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox)."""
+        """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox).
+
+        Example: [bold]edge-agent upload dev1.safetensors --base-version 3[/]
+        """
         # torch is imported only when a bundle is really read: enroll/sync stay fast.
         from edge_agent.bundle import load_bundle
         from edge_agent.client.outbox import Outbox
@@ -112,7 +121,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @friendly
     def sync() -> None:
-        """Deliver the outbox (each bundle exactly once) and pull the current model."""
+        """Deliver the outbox (each bundle exactly once) and pull the current model.
+
+        Example: [bold]edge-agent sync[/]
+        """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
@@ -133,7 +145,10 @@ def register(app: typer.Typer) -> None:
             None, help="ce, bce-noise or bce-jigsaw, as for edge-agent train (default: bce-jigsaw for images, ce for audio)"
         ),
     ) -> None:
-        """Pull the current model, fine-tune it on local data, upload the result, in one go."""
+        """Pull the current model, fine-tune it on local data, upload the result, in one go.
+
+        Example: [bold]edge-agent run --data photos/ --epochs 30 --seed 1[/]
+        """
         from edge_agent.client.outbox import Outbox
         from edge_agent.client.pull import pull_model
         from edge_agent.train import TrainConfig, train_bundle
@@ -158,7 +173,10 @@ def register(app: typer.Typer) -> None:
         version: int = typer.Option(None, help="central version (default: the current one)"),
         wait: float = typer.Option(120.0, help="seconds to wait for a kit the central is still building"),
     ) -> None:
-        """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure."""
+        """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure.
+
+        Example: [bold]edge-agent pull-kit --format tflite-int8 --wait 300[/]
+        """
         from edge_agent.client.kits import install_kit
 
         home = AgentHome()
@@ -172,7 +190,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @friendly
     def status(as_json: bool = typer.Option(False, "--json")) -> None:
-        """What this agent has: enrolment, model version, kits, outbox."""
+        """What this agent has: enrolment, model version, kits, outbox.
+
+        Example: [bold]edge-agent status --json[/]
+        """
         from edge_agent.client.kits import active_kit
         from edge_agent.client.outbox import Outbox
 
