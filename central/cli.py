@@ -10,14 +10,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.cli_support import friendly, register_optional, run_app
+from edge_agent.cli_support import EXIT_CODES_HELP, add_version_option, friendly, register_optional, run_app
 
 app = typer.Typer(
-    help="The central: consolidates device models into one multi-task model without any device data.",
+    help="The central: consolidates device models into one multi-task model without any device data.\n\n"
+    f"{EXIT_CODES_HELP}\n\n"
+    "Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors[/]",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+add_version_option(app)
 out_console = Console()
 
 
@@ -108,16 +111,8 @@ def consolidate(
     get_method(method)  # an unknown name fails here, listing the known ones
     if from_queue:
         from central.server.admin import consolidate_from_queue
-        from edge_agent.client.http import CentralError, CentralUnreachable
 
-        try:
-            result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg)
-        except CentralUnreachable as e:
-            typer.secho(f"error: {e}", err=True, fg="red")
-            raise typer.Exit(75) from None
-        except CentralError as e:
-            typer.secho(f"error: central answered {e.status}: {e}", err=True, fg="red")
-            raise typer.Exit(1) from None
+        result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg)
         typer.echo(json.dumps(result, indent=2))
         return
     if base is None or not incoming or out is None:
@@ -155,7 +150,10 @@ def evaluate(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Accuracy overall, per class and per experience (class-incremental and task-aware)."""
+    """Accuracy overall, per class and per experience (class-incremental and task-aware).
+
+    Example: [bold]central evaluate --model central-1.safetensors --data split-digits/test --json[/]
+    """
     from central.evaluate_cli import evaluate_path
 
     report = evaluate_path(model, data, stream)
@@ -196,7 +194,10 @@ def demo(
         bool, typer.Option("--via-server", help="run the loop through a real server on 127.0.0.1 with agent processes")
     ] = False,
 ) -> None:
-    """Run a whole continual-learning stream end to end on bundled data and write a report."""
+    """Run a whole continual-learning stream end to end on bundled data and write a report.
+
+    Example: [bold]central demo --out demo-out --modality image --methods naive,dac --steps 1000[/]
+    """
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     if via_server:
         from central.demo_server import run_server_demo

@@ -71,7 +71,10 @@ def rank_settings() -> dict:
 
 
 class DistributedConsolidationError(ValueError):
-    """A distributed consolidation that failed (a rank died, timed out or disagreed); one line."""
+    """A distributed consolidation that failed (a rank died, timed out or disagreed).
+
+    The CLI prints it as one line and exits 1 (``edge_agent.cli_support.EXIT_CODE_OF_ERROR``).
+    """
 
 
 class Interrupted(RuntimeError):

@@ -7,16 +7,30 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_agent.cli_support import friendly, register_optional, run_app
+from edge_agent.cli_support import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    add_version_option,
+    friendly,
+    register_optional,
+    run_app,
+)
 
 app = typer.Typer(
-    help="The edge agent: fine-tunes the central model on this device's own data; no raw data leaves the device.",
+    help="The edge agent: fine-tunes the central model on this device's own data; no raw data leaves the device.\n\n"
+    f"{EXIT_CODES_HELP}\n\n"
+    "Example: [bold]edge-agent train --model central-0.safetensors --data dev1/ --out dev1.safetensors[/]",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-data_app = typer.Typer(help="Write the bundled datasets as folders (images: Split-Digits; audio: synthetic speech).", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Write the bundled datasets as folders (images: Split-Digits; audio: synthetic speech).\n\n"
+    "Example: [bold]edge-agent data digits --out split-digits --devices 5[/]",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
+add_version_option(app)
 
 
 @app.command()
@@ -65,7 +79,7 @@ def train(
         r = train_bundle(model, data, out, cfg)
     except (KeyboardInterrupt, Interrupted):
         typer.secho(f"interrupted: run the same command again to resume from {out}.ckpt", err=True, fg="yellow")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     m = r["metrics"]
     val = f", local validation accuracy {m['val_accuracy']:.3f} on {m['n_val']}" if "val_accuracy" in m else ""
     typer.echo(f"wrote {out}: classes {', '.join(r['classes'])}{val}; id {r['id']}")
@@ -78,7 +92,10 @@ def data_digits(
     devices: Annotated[int, typer.Option(help="device experiences (10 classes split evenly)")] = 5,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Split-Digits: scikit-learn's real UCI digits as per-device class folders."""
+    """Split-Digits: scikit-learn's real UCI digits as per-device class folders.
+
+    Example: [bold]edge-agent data digits --out split-digits --devices 5 --seed 0[/]
+    """
     from edge_agent.data.digits import write_split_digits
 
     s = write_split_digits(out, n_devices=devices, seed=seed)
@@ -96,7 +113,10 @@ def data_speech(
     devices: Annotated[int, typer.Option(help="devices in the stream")] = 5,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Synthesize a keyword-spotting dataset with eSpeak NG (many accents, noise, shifts)."""
+    """Synthesize a keyword-spotting dataset with eSpeak NG (many accents, noise, shifts).
+
+    Example: [bold]edge-agent data speech --out speech --words yes,no,up,down --stream domain --devices 5[/]
+    """
     from edge_agent.data.speech_synth import write_speech_dataset
 
     kwargs: dict = {"seed": seed}

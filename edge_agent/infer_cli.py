@@ -7,7 +7,10 @@ from pathlib import Path
 
 import typer
 
+from edge_agent.cli_support import friendly
 
+
+@friendly
 def infer_command(
     kit: Path = typer.Argument(..., help="Artifact kit folder (manifest.json + model files)."),
     input: Path = typer.Argument(..., help="An image (png, jpg, ...) or a WAV clip, per the kit's input kind."),
@@ -16,15 +19,13 @@ def infer_command(
     format: str = typer.Option(None, "--format", help="onnx or tflite when the kit holds both (default: first listed)."),
     threads: int = typer.Option(None, "--threads", min=1, help="Runtime threads (default: the runtime's choice)."),
 ) -> None:
-    """Run a kit on one input: checks the kit's checksums, preprocesses as its manifest says, prints top-k."""
-    from edge_agent.runtime import KitError, infer
+    """Run a kit on one input: checks the kit's checksums, preprocesses as its manifest says, prints top-k.
 
-    try:
-        preds = infer(kit, input, k=top_k, format=format, num_threads=threads)
-    except (KitError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        typer.secho(f"error: {msg}", err=True, fg="red")
-        raise typer.Exit(1) from None
+    Example: [bold]edge-agent infer kit/ photo.jpg --top-k 3 --format tflite[/]
+    """
+    from edge_agent.runtime import infer
+
+    preds = infer(kit, input, k=top_k, format=format, num_threads=threads)
     if as_json:
         typer.echo(json.dumps([{"label": p.label, "score": round(p.score, 6), "logit": round(p.logit, 6)} for p in preds]))
         return

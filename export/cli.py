@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from edge_agent.cli_support import friendly
+
 
 class Format(str, Enum):
     onnx = "onnx"
@@ -19,11 +21,7 @@ class Quantize(str, Enum):
     int8 = "int8"
 
 
-def _fail(msg: str) -> typer.Exit:
-    typer.secho(f"error: {msg.splitlines()[0] if msg else 'export failed'}", err=True, fg="red")
-    return typer.Exit(1)
-
-
+@friendly
 def export_command(
     model: Path = typer.Option(..., "--model", help="Model bundle (.safetensors) to export."),
     format: Format = typer.Option(Format.onnx, "--format", help="onnx, tflite or all (both in one kit)."),
@@ -42,24 +40,17 @@ def export_command(
     Example: [bold]central export --model central-1.safetensors --format all --quantize int8 --out kit/[/]
     """
     # Heavy imports here, not at module level: `central --help` must stay fast.
-    from edge_agent.bundle import BundleError
     from export.calibration import noise_batches, ood_batches
-    from export.kit import KitExportError, export_bundle
-    from export.onnx_export import OnnxExportError
-    from export.parity import ParityError
-    from export.tflite_export import TfliteExportError
+    from export.kit import export_bundle
 
-    try:
-        calibration = None
-        if quantize is Quantize.int8:
-            from edge_agent.bundle import load_bundle
+    calibration = None
+    if quantize is Quantize.int8:
+        from edge_agent.bundle import load_bundle
 
-            spec = load_bundle(model).input_spec
-            n = calib_samples + 128  # the extra 128 are held out for the int8 parity check
-            calibration = noise_batches(spec, n) if ood == "noise" else ood_batches(ood, spec, n)
-        result = export_bundle(model, format.value, quantize.value, out, calibration, calib_samples=calib_samples)
-    except (BundleError, KitExportError, OnnxExportError, TfliteExportError, ParityError, ValueError, OSError) as e:
-        raise _fail(str(e)) from None
+        spec = load_bundle(model).input_spec
+        n = calib_samples + 128  # the extra 128 are held out for the int8 parity check
+        calibration = noise_batches(spec, n) if ood == "noise" else ood_batches(ood, spec, n)
+    result = export_bundle(model, format.value, quantize.value, out, calibration, calib_samples=calib_samples)
     for report in result.parity:
         typer.echo(report.line())
     for name, info in result.manifest["files"].items():

@@ -62,11 +62,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     run(central, "init", "--labels", "labels.txt", "--out", "c.safetensors", cwd=tmp_path)
     (tmp_path / "broken.safetensors").write_bytes((tmp_path / "c.safetensors").read_bytes()[:300])
     p = run(central, "evaluate", "--model", "broken.safetensors", "--data", ".", cwd=tmp_path, check=False)
-    assert p.returncode == 1 and "truncated" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "truncated" in p.stderr and "Traceback" not in p.stderr
     (tmp_path / "d" / "a").mkdir(parents=True)
     (tmp_path / "d" / "a" / "x.png").write_bytes(b"not a png")
     p = run(ea, "train", "--model", "c.safetensors", "--data", "d", "--out", "o.safetensors", cwd=tmp_path, check=False)
-    assert p.returncode == 1 and "cannot read image" in p.stderr and "x.png" in p.stderr
+    assert p.returncode == 2 and "cannot read image" in p.stderr and "x.png" in p.stderr
     p = run(central, "consolidate", "--base", "c.safetensors", "--incoming", "c.safetensors", "--out", "o.safetensors", "--method", "magic", cwd=tmp_path, check=False)
-    assert p.returncode == 1 and "unknown consolidation method" in p.stderr
+    assert p.returncode == 2 and "unknown consolidation method" in p.stderr
     assert not (tmp_path / "o.safetensors").exists()

@@ -129,7 +129,7 @@ def test_export_cli_bundle_to_kit(cnn, tmp_path):
     kit = load_kit(tmp_path / "kit")
     assert kit.source_bundle_id == sha256_file(bundle)
     res = runner.invoke(app, ["export", "--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "k2")])
-    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output
 
 
 @pytest.mark.tflite_runtime

@@ -122,7 +122,7 @@ def test_infer_and_cli(kit_dir, png, tmp_path):
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\0" * 800)
     res = runner.invoke(app, ["infer", str(kit_dir), str(wav)])
-    assert res.exit_code == 1 and "takes images" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "takes images" in res.output and "Traceback" not in res.output
 
 
 def top_k_all(kit_dir, png):

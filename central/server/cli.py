@@ -10,47 +10,32 @@ else ``<data-dir>/admin-token``).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from central.server.admin import admin_client, consolidate_from_queue, publish_file
-from edge_agent.client.http import CentralError, CentralUnreachable
+from edge_agent.cli_support import EXIT_USAGE, fail, friendly
 
 SERVER_OPT = typer.Option(None, "--server", envvar="CENTRAL_SERVER", help="central URL (default: http://127.0.0.1:8080)")
 TOKEN_OPT = typer.Option(None, "--admin-token", envvar="CENTRAL_ADMIN_TOKEN", help="admin token")
 DATA_OPT = typer.Option(None, "--data-dir", help="read the admin token from <data-dir>/admin-token")
 
 
-def _errors(fn: Callable) -> Callable:
-    """One line on stderr and a non-zero exit for expected failures (75: server unreachable)."""
+def admin_client(server: str | None, admin_token: str | None, data_dir: Path | None):
+    # httpx is imported by the commands that talk to the server, not by `central --help`.
+    from central.server.admin import admin_client
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CentralUnreachable as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(75) from None
-        except CentralError as e:
-            typer.echo(f"error: central answered {e.status}: {e}", err=True)
-            raise typer.Exit(1) from None
-        except (ValueError, FileNotFoundError) as e:
-            typer.echo(f"error: {str(e).splitlines()[0]}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
+    return admin_client(server, admin_token, data_dir)
 
 
 def register(app: typer.Typer) -> None:
     """Add serve, publish, devices, queue and consolidate-queue to the ``central`` typer app."""
 
     @app.command()
+    @friendly
     def serve(
         data_dir: Annotated[Path, typer.Option("--data-dir", help="registry folder (SQLite, blobs, keys)")],
         host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 for all interfaces)"),
@@ -73,8 +58,7 @@ def register(app: typer.Typer) -> None:
         from central.server.app import ServerConfig, create_app
 
         if calib_ood not in (None, "noise") and not Path(calib_ood).exists():
-            typer.echo(f"error: --calib-ood {calib_ood}: no such file or folder (or pass 'noise')", err=True)
-            raise typer.Exit(2)
+            fail(EXIT_USAGE, f"--calib-ood {calib_ood}: no such file or folder (or pass 'noise')")
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg = ServerConfig(
             data_dir=data_dir,
@@ -83,42 +67,49 @@ def register(app: typer.Typer) -> None:
             kit_builder=kit_builder,
             calib_ood=calib_ood,
         )
-        try:
-            application = create_app(cfg)
-        except ValueError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+        application = create_app(cfg)  # a ValueError (bad data dir, kit formats): exit 2
         typer.echo(f"central serving {data_dir} on http://{host}:{port} (admin token in {data_dir / 'admin-token'})")
         uvicorn.run(application, host=host, port=port, log_level=log_level, workers=1)
 
     @app.command()
-    @_errors
+    @friendly
     def publish(
         bundle: Annotated[Path, typer.Argument(help="bundle to make the current central version")],
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Make a bundle the current central version (signed; its kits are built in the background)."""
+        """Make a bundle the current central version (signed; its kits are built in the background).
+
+        Example: [bold]central publish central-1.safetensors --server http://127.0.0.1:8080 --data-dir registry/[/]
+        """
         if not bundle.is_file():
             raise FileNotFoundError(f"no bundle at {bundle}")
         with admin_client(server, admin_token, data_dir) as c:
+            from central.server.admin import publish_file
+
             v = publish_file(c, bundle)
         if as_json:
             typer.echo(json.dumps(v, indent=2))
         else:
             typer.echo(f"published v{v['version']} ({v['bundle_id'][:12]}…); kits are being built")
 
-    devices = typer.Typer(help="enrol, list and revoke devices", no_args_is_help=True)
+    devices = typer.Typer(
+        help="enrol, list and revoke devices\n\nExample: [bold]central devices add kitchen-pi --data-dir registry/[/]",
+        no_args_is_help=True,
+    )
     app.add_typer(devices, name="devices")
 
     @devices.command("add")
-    @_errors
+    @friendly
     def devices_add(
         name: Annotated[str, typer.Argument(help="device name, e.g. kitchen-pi")],
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Register a device; prints its one-time enrolment token."""
+        """Register a device; prints its one-time enrolment token.
+
+        Example: [bold]central devices add kitchen-pi --data-dir registry/[/]
+        """
         with admin_client(server, admin_token, data_dir) as c:
             body = c.post_json("/v1/admin/devices", {"name": name})
         if as_json:
@@ -127,12 +118,15 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"device {body['device']} added; one-time enrolment token (shown once):\n{body['token']}")
 
     @devices.command("list")
-    @_errors
+    @friendly
     def devices_list(
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """List devices."""
+        """List devices.
+
+        Example: [bold]central devices list --json --data-dir registry/[/]
+        """
         with admin_client(server, admin_token, data_dir) as c:
             rows = c.get_json("/v1/admin/devices")
         if as_json:
@@ -143,24 +137,30 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{d['device']:<24} {state}")
 
     @devices.command("revoke")
-    @_errors
+    @friendly
     def devices_revoke(
         name: Annotated[str, typer.Argument(help="device name")],
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
     ) -> None:
-        """Revoke a device: its token stops working at once."""
+        """Revoke a device: its token stops working at once.
+
+        Example: [bold]central devices revoke kitchen-pi --data-dir registry/[/]
+        """
         with admin_client(server, admin_token, data_dir) as c:
             c.post_json(f"/v1/admin/devices/{name}/revoke")
         typer.echo(f"device {name} revoked")
 
     @app.command()
-    @_errors
+    @friendly
     def queue(
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
         show_all: bool = typer.Option(False, "--all", help="include consolidated uploads"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Uploaded device models waiting for consolidation, in arrival order."""
+        """Uploaded device models waiting for consolidation, in arrival order.
+
+        Example: [bold]central queue --all --data-dir registry/[/]
+        """
         with admin_client(server, admin_token, data_dir) as c:
             rows = c.get_json("/v1/admin/queue", params={"status": "all" if show_all else "queued"})
         if as_json:
@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
                        f"{u['size']} bytes  {u['received_at']}  {u['status']}")
 
     @app.command("consolidate-queue")
-    @_errors
+    @friendly
     def consolidate_queue(
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
         ood: str = typer.Option(None, help="OOD source: an image, a folder, 'noise' (default: the bundled photo)"),
@@ -183,8 +183,12 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(None, help="consolidate at most this many uploads"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Consolidate the queued uploads in arrival order and publish the result as a new version."""
+        """Consolidate the queued uploads in arrival order and publish the result as a new version.
+
+        Example: [bold]central consolidate-queue --ood photos/ --steps 1000 --data-dir registry/[/]
+        """
         from central.methods import ConsolidationConfig
+        from central.server.admin import consolidate_from_queue
 
         cfg = ConsolidationConfig(steps=steps, seed=seed)
         r = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg,

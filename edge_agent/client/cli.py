@@ -1,62 +1,28 @@
 """``edge-agent`` verbs that talk to the central: enroll, pull, upload, sync, run, pull-kit, status.
 
 Wire with ``edge_agent.client.cli.register(app)`` on the agent's typer app.
-Exit codes: 0 done; 1 refused (bad signature, rollback, rejected upload, kit
-failed); 2 bad input or not enrolled; 75 the central is unreachable, try
-again later (the work is kept, e.g. in the outbox).
+Exit codes (:mod:`edge_agent.cli_support`, docs/cli.md): 0 done; 1 refused (bad signature,
+rollback, rejected upload, kit failed); 2 bad input or not enrolled; 75 the central is
+unreachable, try again later (the work is kept, e.g. in the outbox).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from edge_agent.client.state import AgentHome, Enrollment, NotEnrolled
+from edge_agent.cli_support import EXIT_REFUSED, EXIT_USAGE, fail, friendly
+from edge_agent.client.state import AgentHome, Enrollment
 
 # httpx and cryptography are imported by the commands that talk to the central, not when the app is built:
 # `edge-agent train` on a small device does not pay for them (about 10 MB resident).
 if TYPE_CHECKING:
     from edge_agent.client.http import CentralClient
-
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: what schedulers (systemd, cron wrappers) understand as "retry later"
-
-
-def _fail(code: int, message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _errors(fn: Callable) -> Callable:
-    """Turn expected failures into one line on stderr and the documented exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from edge_agent.client.http import CentralError, CentralUnreachable
-        from edge_agent.client.kits import KitRejected
-        from edge_agent.client.trust import TrustError
-
-        try:
-            return fn(*args, **kwargs)
-        except CentralUnreachable as e:
-            _fail(EXIT_TEMPFAIL, str(e))
-        except (TrustError, KitRejected) as e:
-            _fail(EXIT_REFUSED, str(e))
-        except (NotEnrolled, ValueError, FileNotFoundError) as e:
-            # ValueError covers BundleError and DataError (bad local files) without importing torch here.
-            _fail(EXIT_USAGE, (str(e).splitlines() or [type(e).__name__])[0])
-        except CentralError as e:
-            _fail(EXIT_REFUSED, f"central answered {e.status}: {e}" if e.status else str(e))
-
-    return wrapper
 
 
 def _client(home: AgentHome) -> CentralClient:
@@ -94,18 +60,21 @@ def register(app: typer.Typer) -> None:
     """Add the central-facing verbs to the ``edge-agent`` typer app."""
 
     @app.command()
-    @_errors
+    @friendly
     def enroll(
         server: Annotated[str, typer.Option(help="central URL, e.g. http://central:8080")],
         token: Annotated[str, typer.Option(help="one-time enrolment token from `central devices add`")],
         force: bool = typer.Option(False, help="replace an existing enrolment"),
     ) -> None:
-        """Enrol this device with the central and pin the central's signing key."""
+        """Enrol this device with the central and pin the central's signing key.
+
+        Example: [bold]edge-agent enroll --server http://central:8080 --token enr_0123abcd[/]
+        """
         from edge_agent.client.http import CentralClient
 
         home = AgentHome()
         if home.enrollment_file.exists() and not force:
-            _fail(EXIT_USAGE, f"already enrolled ({home.enrollment_file}); use --force to enrol again")
+            fail(EXIT_USAGE, f"already enrolled ({home.enrollment_file}); use --force to enrol again")
         with CentralClient(server) as c:
             body = c.post_json("/v1/enroll", {"token": token})
         home.save_enrollment(Enrollment(server=server.rstrip("/"), device=body["device"], token=body["token"],
@@ -113,9 +82,12 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"enrolled as {body['device']} with {server}; central key pinned ({body['public_key'][:16]}…)")
 
     @app.command()
-    @_errors
+    @friendly
     def pull() -> None:
-        """Download the current central model (signed, verified, never older than the one we have)."""
+        """Download the current central model (signed, verified, never older than the one we have).
+
+        Example: [bold]edge-agent pull[/]
+        """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
@@ -124,12 +96,15 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{'pulled' if p.updated else 'up to date:'} central v{p.version} -> {p.path}")
 
     @app.command()
-    @_errors
+    @friendly
     def upload(
         file: Annotated[Path, typer.Argument(help="a bundle this device fine-tuned")],
         base_version: int = typer.Option(None, help="central version it was fine-tuned from (default: from its manifest)"),
     ) -> None:
-        """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox)."""
+        """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox).
+
+        Example: [bold]edge-agent upload dev1.safetensors --base-version 3[/]
+        """
         # torch is imported only when a bundle is really read: enroll/sync stay fast.
         from edge_agent.bundle import load_bundle
         from edge_agent.client.outbox import Outbox
@@ -144,9 +119,12 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_REFUSED)
 
     @app.command()
-    @_errors
+    @friendly
     def sync() -> None:
-        """Deliver the outbox (each bundle exactly once) and pull the current model."""
+        """Deliver the outbox (each bundle exactly once) and pull the current model.
+
+        Example: [bold]edge-agent sync[/]
+        """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
@@ -158,7 +136,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_REFUSED)
 
     @app.command()
-    @_errors
+    @friendly
     def run(
         data: Annotated[Path, typer.Option(help="local data: one folder per class")],
         epochs: int = typer.Option(30, help="fine-tuning epochs"),
@@ -167,7 +145,10 @@ def register(app: typer.Typer) -> None:
             None, help="ce, bce-noise or bce-jigsaw, as for edge-agent train (default: bce-jigsaw for images, ce for audio)"
         ),
     ) -> None:
-        """Pull the current model, fine-tune it on local data, upload the result, in one go."""
+        """Pull the current model, fine-tune it on local data, upload the result, in one go.
+
+        Example: [bold]edge-agent run --data photos/ --epochs 30 --seed 1[/]
+        """
         from edge_agent.client.outbox import Outbox
         from edge_agent.client.pull import pull_model
         from edge_agent.train import TrainConfig, train_bundle
@@ -186,13 +167,16 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_REFUSED)
 
     @app.command("pull-kit")
-    @_errors
+    @friendly
     def pull_kit(
         format: str = typer.Option("tflite-int8", "--format", help="onnx-int8, tflite-int8, onnx-fp32, ..."),
         version: int = typer.Option(None, help="central version (default: the current one)"),
         wait: float = typer.Option(120.0, help="seconds to wait for a kit the central is still building"),
     ) -> None:
-        """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure."""
+        """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure.
+
+        Example: [bold]edge-agent pull-kit --format tflite-int8 --wait 300[/]
+        """
         from edge_agent.client.kits import install_kit
 
         home = AgentHome()
@@ -204,9 +188,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"up to date: {format} kit v{k.version}")
 
     @app.command()
-    @_errors
+    @friendly
     def status(as_json: bool = typer.Option(False, "--json")) -> None:
-        """What this agent has: enrolment, model version, kits, outbox."""
+        """What this agent has: enrolment, model version, kits, outbox.
+
+        Example: [bold]edge-agent status --json[/]
+        """
         from edge_agent.client.kits import active_kit
         from edge_agent.client.outbox import Outbox
 
