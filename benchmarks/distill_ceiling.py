@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         "Accuracy over every class the devices know, on the whole split, of each device model alone and of the",
         "support-weighted mean of all devices' logits (the target of the last KD / DAC consolidation, i.e. what",
         "a student that matched its teachers exactly would score), with raw logits and with each device's logits",
-        "centred over its own classes first (`target_norm=centre`; the image default is raw logits since session 8).",
+        "centred over its own classes first (the `dac[target_norm=centre]` variant; the product distils raw logits).",
         "",
         "| seed | " + " | ".join(f"device {i + 1}" for i in range(len(runs[0]["devices_alone"]))) + " | logit mean | centred |",
         "|---" * (len(runs[0]["devices_alone"]) + 3) + "|",

@@ -1,4 +1,4 @@
-"""Export quality (issue 4): artifact sizes and test accuracy of every exported artifact.
+"""Export quality: artifact sizes and test accuracy of every exported artifact.
 
     python -m benchmarks.export_quality            # full run, writes benchmarks/results/export-quality.{json,md}
     python -m benchmarks.export_quality --quick    # smaller data and fewer epochs, writes export-quality-quick.*
@@ -27,7 +27,7 @@ quantization) and run on the whole test split. Reported per artifact: file
 bytes, test top-1 accuracy, its difference from torch fp32 in points, top-1
 agreement with torch and max/mean |logit - torch logit| on the test split.
 
-Targets (issue 4): int8 file <= 30 % of the fp32 file of the same format, and
+Targets: int8 file <= 30 % of the fp32 file of the same format, and
 int8 test accuracy at most 1 point below torch fp32.
 
 The export's own parity gate (int8 top-1 agreement >= 0.5 on 128 held-out
@@ -320,7 +320,7 @@ def git_state() -> dict:
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [
-        "# Export quality: artifact size and test accuracy (issue 4)",
+        "# Export quality: artifact size and test accuracy",
         "",
         f"Command: `{res['command']}` ({res['seconds'] / 60:.1f} min). Generated {res['created']} by `benchmarks/export_quality.py`.",
         "",

@@ -1,4 +1,4 @@
-"""Keyword spotting (issue 3): data-free consolidation of ds-cnn device models, and device cost.
+"""Keyword spotting: data-free consolidation of ds-cnn device models, and device cost.
 
 Run:  .venv/bin/python benchmarks/kws.py [--streams domain,class] [--steps 500] [--batch-size 64]
       .venv/bin/python benchmarks/kws.py --only device-cost --tag cost
@@ -225,7 +225,7 @@ def device_cost(work: Path, data: Path, args) -> dict:
 def markdown(report: dict) -> str:
     a = report["args"]
     lines = [
-        "# Keyword spotting: data-free consolidation and device cost (issue 3)",
+        "# Keyword spotting: data-free consolidation and device cost",
         "",
         f"Command: `{report['command']}`",
         "",

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from central.methods import ConsolidationConfig, Teacher, get_method
-from edge_agent import compat
 from edge_agent.bundle import Bundle, BundleError, load_bundle, new_manifest, save_bundle
 from edge_agent.data.ood import OODSource, open_ood
 from edge_agent.models import EdgeModel
@@ -58,15 +57,6 @@ def merged_support(
     support = {c: 1 for c in classes} | (support or {})
     added = class_support(incoming)
     return new_classes, support, {c: support.get(c, 0) + added.get(c, 0) for c in new_classes}
-
-
-def check_compatible(base: Bundle, other: Bundle) -> None:
-    """The incoming model must fit the central: :func:`edge_agent.compat.check_compatible`, the server's rule too."""
-    name = other.path.name if other.path else other.id[:12]
-    try:
-        compat.check_compatible(base.manifest, other.manifest)
-    except compat.IncompatibleBundle as e:
-        raise compat.IncompatibleBundle(f"{name}: {e}") from None
 
 
 def consolidate_step(
@@ -128,12 +118,12 @@ def step_seed(seed: int, position: int) -> int:
 
 
 def load_inputs(base_path: str | Path, incoming_paths: list[str | Path]) -> tuple[Bundle, list[Bundle]]:
-    """Load the central and the device bundles; each device must fit the central (:func:`check_compatible`)."""
+    """Load the central and the device bundles; each must fit the central (:func:`edge_agent.compat.check_compatible`)."""
     base = load_bundle(base_path)
     incoming = []
     for p in incoming_paths:
         try:
-            b = load_bundle(p, expect=base.manifest)  # checks check_compatible's rule before building the model
+            b = load_bundle(p, expect=base.manifest)  # the compatibility rule runs before any model is built
         except BundleError as e:
             raise type(e)(f"{p}: {e}") from None
         incoming.append(b)

@@ -43,9 +43,8 @@ class TrainConfig:
     val_fraction: float = 0.15
     shift: int = 1  # random translation in pixels/frames (light augmentation); 0 disables
     loss: str | None = None  # "ce", "bce-noise" or "bce-jigsaw"; None: the device default for the model's input kind (DEVICE_LOSS)
-    # Weight of the negatives term of the "bce-noise" and "bce-jigsaw" losses (edge-agent train --negatives). 1.0 was tried in
-    # session 7: Split-Digits val +0.012 (4 seeds, within noise), test level (0.771 either way), and devices learn
-    # more slowly at short budgets (benchmarks/results/dcl-split-digits-devlog.md); 0.3 stays.
+    # Weight of the negatives term of the "bce-noise" and "bce-jigsaw" losses (edge-agent train --negatives); 1.0 was
+    # within noise on Split-Digits val and slower at short budgets (benchmarks/results/dcl-split-digits-devlog.md).
     negatives: float = 0.3
 
     def for_input(self, kind: str) -> TrainConfig:
@@ -71,12 +70,9 @@ class TrainConfig:
 DEVICE_BATCH_SIZE = {"audio": 16}
 
 DEVICE_LOSSES = ("ce", "bce-noise", "bce-jigsaw")
-# Image devices train with negatives.  Session 6 (Split-Digits val, 5 devices, DAC with the image defaults of
-# central, seeds 0 / 1): bce-noise devices were consolidated to 0.792 / 0.786 against 0.737 / 0.759 for ce.
-# Session 8 (val, seeds 0-3, 1000 steps): jigsaw negatives raised the ceiling of the devices' logits from 0.883 to
-# 0.918 (centred, mean) and, with raw targets at the central, DAC from 0.825 to 0.870 (every seed +0.035 to
-# +0.057); benchmarks/results/dcl-split-digits-devlog.md.  Audio keeps ce: bce-jigsaw on log-mel
-# spectrograms cut KWS-class DAC on val to 0.092 from 0.203 (2 seeds; benchmarks/results/dcl-kws-devlog.md).
+# Image devices train with negatives: one-vs-rest devices put their logits on one scale, which consolidates better on
+# Split-Digits val (benchmarks/results/dcl-split-digits-devlog.md). Audio keeps ce: bce-jigsaw on log-mel
+# spectrograms halved KWS-class DAC on val (benchmarks/results/dcl-kws-devlog.md).
 DEVICE_LOSS = {"image": "bce-jigsaw", "audio": "ce"}
 
 

@@ -56,19 +56,14 @@ class ImageAugment:
     vflip_p: float = 0.0
     jitter: float = 0.4  # brightness, contrast and saturation factors in [1 - j, 1 + j]
     gray_p: float = 0.2
-    # The four knobs below move patches towards small grayscale stroke images (digits:
-    # bright strokes on a dark background, upsampled from 8x8). On Split-Digits val they
-    # took DAC from 0.425 to 0.636 final average accuracy (benchmarks/results/dcl-ablations-masked-ce.md);
-    # at the session-7 defaults (bce-noise devices, centred targets), these and the two below together took it
-    # from 0.676 to 0.842; at the session-8 defaults (bce-jigsaw devices, raw targets), from 0.364 to 0.860
-    # (dcl-ablations.md, val, seed 0).
+    # The knobs below move patches towards small grayscale stroke images (digits: bright strokes on a
+    # dark background); their effect on Split-Digits val: benchmarks/results/dcl-ablations.md.
     invert_p: float = 0.5
     cutmix_p: float = 1.0
     lowres_p: float = 1.0  # probability of a 2x down-and-up resample (blur)
     autocontrast_p: float = 1.0  # probability of stretching a sample's pixel range to [0, 1]
     edges_p: float = 0.3  # probability of replacing a sample by its gradient magnitude (strokes on dark)
-    # Digits are sparse bright strokes, centred on black. Two more steps towards that: on Split-Digits
-    # val (seed 0, the 5 device models distilled at once, 500 steps) they took DAC from 0.597 to 0.675.
+    # Digits are sparse bright strokes, centred on black: two more steps towards that (same ablation file).
     gamma_p: float = 0.5  # probability of x ** gamma, gamma log-uniform in gamma_range (>1: sparse bright on dark)
     gamma_range: tuple[float, float] = (1.0, 4.0)
     frame_p: float = 0.5  # probability of shrinking the patch into a black frame (scale uniform in frame_scale)
