@@ -68,13 +68,8 @@ class ArrayCalibrationReader(CalibrationDataReader):
 
 
 def noise_batches(spec: InputSpec, n: int, batch_size: int = 32, seed: int = 0) -> Iterator[np.ndarray]:
-    """``n`` samples of standard Gaussian noise in the model's (normalized) input space."""
-    rng = np.random.default_rng(seed)
-    left = n
-    while left > 0:
-        b = min(batch_size, left)
-        yield rng.standard_normal((b, *spec.shape), dtype=np.float32)
-        left -= b
+    """``n`` samples of the ``"noise"`` OOD source (the generator consolidation uses)."""
+    return ood_batches("noise", spec, n, batch_size, seed)
 
 
 def ood_batches(source: str | Path | None, spec: InputSpec, n: int, batch_size: int = 32, seed: int = 0) -> Iterator[np.ndarray]:
@@ -84,7 +79,7 @@ def ood_batches(source: str | Path | None, spec: InputSpec, n: int, batch_size: 
     """
     import torch
 
-    from edge_agent.data.ood import open_ood
+    from edge_agent.ood_sources import open_ood
 
     src = open_ood(source, spec)
     g = torch.Generator().manual_seed(seed)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from edge_agent.cli_support import friendly
+from edge_agent.ood_sources import ood_help
 
 
 class Format(str, Enum):
@@ -30,8 +31,7 @@ def export_command(
     ood: str = typer.Option(
         None,
         "--ood",
-        help="int8 calibration source (the central has no real data): an image or audio file, a folder, or "
-        "'noise' [default: the bundled OOD photo / speech clip, augmented as in consolidation].",
+        help=ood_help("int8 calibration source (the central has no real data), augmented as in consolidation"),
     ),
     calib_samples: int = typer.Option(256, "--calib-samples", min=8, help="Calibration samples for int8."),
 ) -> None:
@@ -40,7 +40,7 @@ def export_command(
     Example: [bold]central export --model central-1.safetensors --format all --quantize int8 --out kit/[/]
     """
     # Heavy imports here, not at module level: `central --help` must stay fast.
-    from export.calibration import noise_batches, ood_batches
+    from export.calibration import ood_batches
     from export.kit import export_bundle
 
     calibration = None
@@ -49,7 +49,7 @@ def export_command(
 
         spec = load_bundle(model).input_spec
         n = calib_samples + 128  # the extra 128 are held out for the int8 parity check
-        calibration = noise_batches(spec, n) if ood == "noise" else ood_batches(ood, spec, n)
+        calibration = ood_batches(ood, spec, n)
     result = export_bundle(model, format.value, quantize.value, out, calibration, calib_samples=calib_samples)
     for report in result.parity:
         typer.echo(report.line())

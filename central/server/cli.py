@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from edge_agent.cli_support import EXIT_USAGE, fail, friendly
+from edge_agent.ood_sources import ood_help, ood_source_error
 
 SERVER_OPT = typer.Option(None, "--server", envvar="CENTRAL_SERVER", help="central URL (default: http://127.0.0.1:8080)")
 TOKEN_OPT = typer.Option(None, "--admin-token", envvar="CENTRAL_ADMIN_TOKEN", help="admin token")
@@ -44,8 +45,7 @@ def register(app: typer.Typer) -> None:
         kit_formats: str = typer.Option("onnx-int8,tflite-int8", help="kits built for each published version"),
         kit_builder: str = typer.Option(None, help="module:function building a kit folder (default: export.kit)"),
         calib_ood: str = typer.Option(
-            None, help="int8 calibration source for kits: an image or audio file, a folder, or 'noise' "
-            "(default: the bundled OOD photo / speech clip)"
+            None, help=ood_help("int8 calibration source for kits")
         ),
         log_level: str = typer.Option("info"),
     ) -> None:
@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
 
         from central.server.app import ServerConfig, create_app
 
-        if calib_ood not in (None, "noise") and not Path(calib_ood).exists():
-            fail(EXIT_USAGE, f"--calib-ood {calib_ood}: no such file or folder (or pass 'noise')")
+        if (why := ood_source_error(calib_ood)) is not None:
+            fail(EXIT_USAGE, f"--calib-ood: {why}")
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg = ServerConfig(
             data_dir=data_dir,
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
     @friendly
     def consolidate_queue(
         server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
-        ood: str = typer.Option(None, help="OOD source: an image, a folder, 'noise' (default: the bundled photo)"),
+        ood: str = typer.Option(None, help=ood_help("OOD source")),
         method: str = typer.Option("dac"),
         steps: int = typer.Option(None, help="consolidation steps per upload"),
         seed: int = typer.Option(0),

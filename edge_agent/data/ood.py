@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from edge_agent.data.images import image_files
 from edge_agent.data.labeled import DataError
 from edge_agent.inputs import InputSpec
+from edge_agent.ood_sources import open_ood  # noqa: F401  (the registry opens every source)
 
 
 class OODSource(Protocol):
@@ -256,17 +257,10 @@ class NoiseOOD:
         return torch.randn((n, *self.spec.shape), generator=generator)
 
 
-def open_ood(source: str | Path | None, spec: InputSpec, **augment) -> OODSource:
-    """Open an OOD source by name: ``None`` (the bundled default), ``"noise"``, a file or a folder.
+def open_noise_ood(source, spec: InputSpec, **augment) -> NoiseOOD:
+    return NoiseOOD(spec)
 
-    Image models: the default is the bundled photo. Audio models: audio sources
-    come from :mod:`edge_agent.data.ood_audio`.
-    """
-    if source is not None and str(source) == "noise":
-        return NoiseOOD(spec)
-    if spec.kind == "audio":
-        from edge_agent.data.ood_audio import open_audio_ood
 
-        return open_audio_ood(source, spec, **augment)
+def open_image_ood(source: str | Path | None, spec: InputSpec, **augment) -> ImageOOD:
     path = default_photo_path() if source is None else Path(source)
     return ImageOOD.from_path(path, spec, ImageAugment(**augment) if augment else None)

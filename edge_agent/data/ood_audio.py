@@ -248,7 +248,6 @@ def open_audio_ood(source: str | os.PathLike | None, spec: InputSpec, **augment)
     """An audio OOD source: ``None`` (the bundled German sentence), a clip, or a folder of clips.
 
     ``augment`` overrides :class:`AudioAugment` fields, e.g. ``rate=(0.8, 1.25)``.
-    ``"noise"`` is handled by :func:`edge_agent.data.ood.open_ood`.
     """
     if source is None:
         from edge_agent.data.speech_synth import default_ood_clip_path
