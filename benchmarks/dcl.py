@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks.variants import variant
-from central.create import init_central
+from central.init import init_central
 from central.methods import ConsolidationConfig
 from central.metrics import summarize
 from central.stream import Stream, StreamEvaluator, heatmap, run_stream, train_devices, write_json

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from central.create import default_input_spec
+from edge_agent.models import default_input_spec
 from edge_agent.bench import cpu_info
 from edge_agent.bundle import load_bundle, new_manifest, save_bundle
 from edge_agent.inputs import InputSpec

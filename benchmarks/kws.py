@@ -42,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from central.create import init_central  # noqa: E402
+from central.init import init_central  # noqa: E402
 from central.demo_audio import kws_stream, synthetic_speech  # noqa: E402
 from central.evaluate import evaluate_logits, predict_logits  # noqa: E402
 from central.methods import ConsolidationConfig  # noqa: E402

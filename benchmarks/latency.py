@@ -120,7 +120,7 @@ def build(work: Path) -> dict[str, dict]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from central.create import init_central
+    from central.init import init_central
     from edge_agent.inputs import InputSpec
     from export.calibration import ArrayCalibrationReader, batched, noise_batches, take_samples
     from export.kit import export_bundle

@@ -110,5 +110,6 @@ def variant(method: str, opts: dict[str, str]) -> str:
         cls = _make_class(base, opts)
         obj = cls()
         obj.name = name
+        obj.summary = f"{base.summary}, with {', '.join(f'{k}={v}' for k, v in sorted(opts.items()))}"
         register_method(obj)
     return name

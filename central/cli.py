@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.cli_support import EXIT_CODES_HELP, add_version_option, friendly, register_optional, run_app
+from edge_agent.ood_sources import ood_help
 
 app = typer.Typer(
     help="The central: consolidates device models into one multi-task model without any device data.\n\n"
@@ -39,7 +40,7 @@ def init(
 
     Example: [bold]central init --arch cnn-s --labels labels.txt --input-shape 1x16x16 --out central-0.safetensors[/]
     """
-    from central.create import init_central, read_labels
+    from central.init import init_central, read_labels
     from edge_agent.inputs import parse_shape
 
     names = read_labels(labels)
@@ -63,10 +64,10 @@ def consolidate(
     out: Annotated[Optional[Path], typer.Option(help="where to write the consolidated bundle")] = None,
     ood: Annotated[
         Optional[str],
-        typer.Option(help="OOD data: an image, a folder of images, an audio clip or folder, or 'noise' (default: a bundled photo / clip)"),
+        typer.Option(help=ood_help()),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="dac (KD + PLD), kd (logits only), avg (parameter averaging) or naive (the newest device)")
+        str, typer.Option(help="consolidation method; `central methods` lists them")
     ] = "dac",
     steps: Annotated[
         Optional[int], typer.Option(help="optimisation steps per incoming model (default: 1000 for images, 500 for audio)")
@@ -138,6 +139,25 @@ def consolidate(
     starts = [s["student_init"]["chosen"] for s in r.get("steps", []) if "student_init" in s]
     began = f"; student started from {', '.join(starts)}" if starts else ""
     typer.echo(f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes{began}) id {r['id']}")
+
+
+@app.command()
+@friendly
+def methods(as_json: Annotated[bool, typer.Option("--json", help="print a JSON object instead of a table")] = False) -> None:
+    """List the consolidation methods `central consolidate --method` accepts.
+
+    Example: [bold]central methods --json[/]
+    """
+    from central.methods import get_method, list_methods
+
+    found = {name: get_method(name).summary for name in list_methods()}
+    if as_json:
+        typer.echo(json.dumps({"methods": found}, indent=2))
+        return
+    table = Table("method", "what it does")
+    for name, summary in found.items():
+        table.add_row(name, summary)
+    Console().print(table)
 
 
 @app.command()

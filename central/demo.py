@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from central.create import init_central
+from central.init import init_central
 from central.methods import ConsolidationConfig
 from central.stream import Stream, heatmap, run_stream, set_threads, train_devices, write_json
 from edge_agent.bundle import load_bundle

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from central.create import init_central
+from central.init import init_central
 from central.demo import markdown_summary
 from central.methods import ConsolidationConfig
 from central.stream import Stream, heatmap, run_stream, set_threads, train_devices, write_json

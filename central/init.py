@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from edge_agent.bundle import new_manifest, save_bundle
-from edge_agent.inputs import InputSpec
-from edge_agent.models import create_model
+from edge_agent.models import create_model, default_input_spec
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -24,20 +23,6 @@ def read_labels(path: str | Path) -> list[str]:
     if dup:
         raise ValueError(f"{path} repeats labels: {', '.join(dup)}")
     return labels
-
-
-def default_input_spec(arch: str, input_shape: tuple[int, int, int] | None) -> InputSpec:
-    """Audio models take their input shape from the default audio frontend."""
-    if arch == "ds-cnn":
-        from edge_agent.audio.frontend import AudioFrontend
-
-        fe = AudioFrontend()
-        if input_shape is not None and tuple(input_shape) != tuple(fe.input_shape):
-            raise ValueError(f"ds-cnn takes the frontend's shape {'x'.join(map(str, fe.input_shape))}")
-        return InputSpec("audio", fe.input_shape, frontend=fe.to_dict())
-    shape = input_shape or (1, 16, 16)
-    c = shape[0]
-    return InputSpec("image", shape, mean=(0.5,) * c, std=(0.5,) * c)
 
 
 def init_central(

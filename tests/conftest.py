@@ -31,7 +31,7 @@ def split_digits(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def central0(tmp_path_factory, split_digits) -> Path:
-    from central.create import init_central
+    from central.init import init_central
 
     path = tmp_path_factory.mktemp("central") / "central-0.safetensors"
     init_central("cnn-s", [str(i) for i in range(10)], path, (1, 16, 16), seed=0, width=8)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from central.create import default_input_spec
+from edge_agent.models import default_input_spec
 from edge_agent.data.labeled import DataError
 from edge_agent.data.ood import open_ood
 from edge_agent.data.ood_audio import AudioOOD, open_audio_ood

@@ -21,7 +21,7 @@ FIELDS = (
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny cnn-s bundle (8x8, width 4) and its fp32 ONNX + TFLite kit."""
-    from central.create import init_central
+    from central.init import init_central
     from export.kit import export_bundle
 
     root = tmp_path_factory.mktemp("bench")

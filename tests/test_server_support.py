@@ -117,7 +117,7 @@ def enrol(server: ServerProc, home: Path, name: str) -> None:
 
 def make_central(path: Path, width: int = 4, extra: dict | None = None, seed: int = 0) -> str:
     """A tiny random cnn-s central bundle over the 10 digits (8x8 grey); returns its id."""
-    from central.create import init_central
+    from central.init import init_central
 
     if extra is None:
         return init_central("cnn-s", [str(i) for i in range(10)], path, input_shape=(1, 8, 8), seed=seed, width=width)

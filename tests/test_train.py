@@ -12,7 +12,7 @@ import pytest
 import soundfile
 import torch
 
-from central.create import init_central
+from central.init import init_central
 from edge_agent.bundle import load_bundle
 from edge_agent.data.labeled import DataError
 from edge_agent.optim import AdamCosine

@@ -13,6 +13,7 @@ from central.methods.base import Consolidated, register_method
 
 class Average:
     name = "avg"
+    summary = "parameter averaging weighted by class support, FedAvg-style (a baseline)"
 
     def __call__(self, previous, incoming, ood, cfg, progress=None):
         cp, cn = previous.weights(), incoming.weights()

@@ -85,6 +85,7 @@ class Consolidated:
 
 class Method(Protocol):
     name: str
+    summary: str  # one line for `central methods`
 
     def __call__(
         self,

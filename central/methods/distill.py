@@ -56,6 +56,7 @@ class KD(DistillLoop):
     """Logit distillation from both teachers; :class:`DAC` adds the latent term."""
 
     name = "kd"
+    summary = "knowledge distillation of both teachers' logits on OOD data"
 
     def __call__(self, previous: Teacher, incoming: Teacher, ood, cfg: ConsolidationConfig, progress=None) -> Consolidated:
         model, info = self.run(previous, incoming, ood, cfg.for_input(ood.spec.kind), progress)
@@ -105,6 +106,7 @@ class DAC(KD):
     """KD + Projected Latent Distillation (the paper's method)."""
 
     name = "dac"
+    summary = "data-agnostic consolidation: kd plus projected latent distillation (the default)"
 
     def make_projectors(self, student, teachers) -> nn.ModuleList:
         return nn.ModuleList(nn.Linear(student.latent_dim, t.model.latent_dim) for t in teachers)

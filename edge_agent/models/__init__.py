@@ -18,6 +18,7 @@ from edge_agent.models.registry import (
     EdgeModel,
     UnknownArchitectureError,
     create_model,
+    default_input_spec,
     list_models,
     register_model,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "EdgeModel",
     "UnknownArchitectureError",
     "create_model",
+    "default_input_spec",
     "list_models",
     "register_model",
 ]

@@ -53,7 +53,7 @@ class DSCNN(EdgeModel):
         return self.features(x)
 
 
-@register_model("ds-cnn")
+@register_model("ds-cnn", input_kind="audio")
 def ds_cnn(num_classes: int, in_chans: int = 1, width: int = 64, blocks: int = 4) -> DSCNN:
     """DS-CNN (small) for log-mel inputs ``[B, in_chans, frames, n_mels]``."""
     return DSCNN(num_classes, in_chans=in_chans, width=width, blocks=blocks)

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-_REGISTRY: dict[str, Callable[..., EdgeModel]] = {}
+if TYPE_CHECKING:
+    from edge_agent.inputs import InputSpec
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., EdgeModel]
+    input_kind: str  # "image" or "audio"
+    default_shape: tuple[int, int, int] | None  # image models; audio models take the frontend's
+
+
+_REGISTRY: dict[str, _Entry] = {}
 
 
 class UnknownArchitectureError(ValueError):
@@ -44,28 +57,54 @@ class EdgeModel(nn.Module):
         return z, self.head(z)
 
 
-def register_model(name: str) -> Callable:
-    """Decorator: ``@register_model("cnn-s")`` on a factory ``f(num_classes, **cfg)``."""
+def register_model(name: str, input_kind: str = "image", default_shape: tuple[int, int, int] | None = (1, 16, 16)) -> Callable:
+    """Decorator: ``@register_model("cnn-s")`` on a factory ``f(num_classes, **cfg)``.
+
+    ``input_kind`` and ``default_shape`` give the input a fresh model of this
+    architecture takes (:func:`default_input_spec`); audio models take the
+    default audio frontend's shape.
+    """
+    if input_kind not in ("image", "audio"):
+        raise ValueError(f"input_kind must be image or audio, not {input_kind!r}")
 
     def wrap(factory: Callable[..., EdgeModel]) -> Callable[..., EdgeModel]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = factory
+        _REGISTRY[name] = _Entry(factory, input_kind, default_shape if input_kind == "image" else None)
         return factory
 
     return wrap
 
 
-def create_model(name: str, num_classes: int, **cfg) -> EdgeModel:
-    """Build a registered model; ``cfg`` is the architecture config (e.g. ``in_chans``)."""
+def _entry(name: str) -> _Entry:
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise UnknownArchitectureError(f"unknown architecture {name!r} (known: {known})") from None
-    model = factory(num_classes=num_classes, **cfg)
+
+
+def create_model(name: str, num_classes: int, **cfg) -> EdgeModel:
+    """Build a registered model; ``cfg`` is the architecture config (e.g. ``in_chans``)."""
+    model = _entry(name).factory(num_classes=num_classes, **cfg)
     model.arch = name
     return model
+
+
+def default_input_spec(name: str, input_shape: tuple[int, int, int] | None = None) -> InputSpec:
+    """The input a fresh ``name`` model takes: images normalised to [-1, 1], audio through the default frontend."""
+    from edge_agent.inputs import InputSpec
+
+    entry = _entry(name)
+    if entry.input_kind == "audio":
+        from edge_agent.audio.frontend import AudioFrontend
+
+        fe = AudioFrontend()
+        if input_shape is not None and tuple(input_shape) != tuple(fe.input_shape):
+            raise ValueError(f"{name} takes the audio frontend's shape {'x'.join(map(str, fe.input_shape))}")
+        return InputSpec("audio", fe.input_shape, frontend=fe.to_dict())
+    shape = tuple(input_shape or entry.default_shape)
+    return InputSpec("image", shape, mean=(0.5,) * shape[0], std=(0.5,) * shape[0])
 
 
 def list_models() -> list[str]:
