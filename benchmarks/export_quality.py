@@ -49,11 +49,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_agent.models import default_input_spec
 from edge_agent.bench import cpu_info
 from edge_agent.bundle import load_bundle, new_manifest, save_bundle
 from edge_agent.inputs import InputSpec
-from edge_agent.models import create_model
+from edge_agent.models import create_model, default_input_spec
 from edge_agent.runtime import load_kit, open_runner
 from export.calibration import noise_batches, ood_batches
 from export.kit import tool_versions, write_kit

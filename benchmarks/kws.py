@@ -42,9 +42,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from central.init import init_central  # noqa: E402
 from central.demo_audio import kws_stream, synthetic_speech  # noqa: E402
 from central.evaluate import evaluate_logits, predict_logits  # noqa: E402
+from central.init import init_central  # noqa: E402
 from central.methods import ConsolidationConfig  # noqa: E402
 from central.stream import run_stream as consolidate_stream  # noqa: E402
 from central.stream import set_threads, train_devices, write_json  # noqa: E402

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from central.init import init_central
 from central.demo import markdown_summary
+from central.init import init_central
 from central.methods import ConsolidationConfig
 from central.stream import Stream, heatmap, run_stream, set_threads, train_devices, write_json
 from edge_agent.audio.frontend import AudioFrontend

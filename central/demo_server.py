@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from central.init import init_central
 from central.evaluate_cli import evaluate_path
+from central.init import init_central
 from central.methods import ConsolidationConfig
 from edge_agent.data.digits import write_split_digits
 

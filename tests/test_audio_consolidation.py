@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from edge_agent.models import default_input_spec
 from edge_agent.data.labeled import DataError
 from edge_agent.data.ood import open_ood
 from edge_agent.data.ood_audio import AudioOOD, open_audio_ood
 from edge_agent.data.speech_synth import default_ood_clip_path, write_speech_dataset, write_wav
+from edge_agent.models import default_input_spec
 
 BIN = Path(sys.executable).parent
 WORDS = ("yes", "no", "up")
