@@ -93,11 +93,16 @@ def consolidate(
     server: Annotated[Optional[str], typer.Option(envvar="CENTRAL_SERVER", help="with --from-queue: central URL")] = None,
     admin_token: Annotated[Optional[str], typer.Option(envvar="CENTRAL_ADMIN_TOKEN", help="with --from-queue")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="with --from-queue: read the admin token here")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="with --from-queue: consolidate at most this many uploads")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
 ) -> None:
     """Consolidate device models into the central model, data-free (DAC).
 
     Under torchrun every rank runs this same command
     (torchrun --nproc_per_node 4 $(which central) consolidate ...); --nproc N starts N ranks here.
+
+    With --from-queue it takes the server's queued uploads in arrival order, consolidates them
+    into the current version with these same settings and publishes the result.
 
     Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors[/]
     """
@@ -113,8 +118,15 @@ def consolidate(
     if from_queue:
         from central.server.admin import consolidate_from_queue
 
-        result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg)
-        typer.echo(json.dumps(result, indent=2))
+        r = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg,
+                                   limit=limit, progress=not as_json)
+        if as_json:
+            typer.echo(json.dumps(r, indent=2))
+        elif r["version"] is None:
+            typer.echo("the queue is empty: nothing to consolidate")
+        else:
+            typer.echo(f"consolidated {len(r['consolidated'])} upload(s) into v{r['base_version']} "
+                       f"-> published v{r['version']} ({r['bundle_id'][:12]}…)")
         return
     if base is None or not incoming or out is None:
         raise ValueError("give --base, at least one --incoming and --out (or --from-queue)")
@@ -138,6 +150,9 @@ def consolidate(
         r = consolidate_files(base, list(incoming), out, ood=ood, method=method, cfg=cfg)
     starts = [s["student_init"]["chosen"] for s in r.get("steps", []) if "student_init" in s]
     began = f"; student started from {', '.join(starts)}" if starts else ""
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
     typer.echo(f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes{began}) id {r['id']}")
 
 

@@ -133,13 +133,13 @@ def test_full_cycle_pull_train_upload_consolidate_pull_kit(server, v1, work, dig
     r = central(server, "queue", "--json")
     queued = json.loads(r.stdout)
     assert [u["device"] for u in queued] == ["cycle-pi"] and queued[0]["base_version"] == v1["version"]
-    r = central(server, "consolidate-queue", "--steps", "5", "--json")
+    r = central(server, "consolidate", "--from-queue", "--steps", "5", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["version"] == v1["version"] + 1 and out["consolidated"] == [queued[0]["id"]]
     assert json.loads(central(server, "queue", "--json").stdout) == []
     # Consolidating again finds nothing: each upload is consumed once.
-    r = central(server, "consolidate-queue", "--json")
+    r = central(server, "consolidate", "--from-queue", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["version"] is None
     r = agent(home, "pull-kit", "--format", "onnx-int8", "--wait", "120")
     assert r.returncode == 0, r.stderr

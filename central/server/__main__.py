@@ -1,11 +1,6 @@
-"""``python -m central.server serve --data-dir DIR``: the server verbs without the full ``central`` CLI."""
+"""``python -m central.server`` is the ``central`` command (one front door, every verb)."""
 
-import typer
-
-from central.server.cli import register
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="central registry server")
-register(app)
+from central.cli import main
 
 if __name__ == "__main__":
-    app()
+    main()

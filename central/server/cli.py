@@ -1,8 +1,8 @@
-"""``central`` verbs for the server: serve, publish, devices add/list/revoke, queue, consolidate-queue.
+"""``central`` verbs for the server: serve, publish, devices add/list/revoke, queue.
 
 Wire with ``central.server.cli.register(app)`` on the ``central`` typer app.
-``central consolidate --from-queue`` can call :func:`central.server.admin.consolidate_from_queue`
-(or use the ``consolidate-queue`` command added here).
+The queue is consolidated by ``central consolidate --from-queue``
+(:func:`central.server.admin.consolidate_from_queue`).
 Admin commands talk to the running server: ``--server`` (``$CENTRAL_SERVER``,
 default http://127.0.0.1:8080) and ``--admin-token`` (``$CENTRAL_ADMIN_TOKEN``,
 else ``<data-dir>/admin-token``).
@@ -33,7 +33,7 @@ def admin_client(server: str | None, admin_token: str | None, data_dir: Path | N
 
 
 def register(app: typer.Typer) -> None:
-    """Add serve, publish, devices, queue and consolidate-queue to the ``central`` typer app."""
+    """Add serve, publish, devices and queue to the ``central`` typer app."""
 
     @app.command()
     @friendly
@@ -171,32 +171,3 @@ def register(app: typer.Typer) -> None:
         for u in rows:
             typer.echo(f"#{u['id']:<5} {u['device']:<20} {u['bundle_id'][:12]}  from v{u['base_version']}  "
                        f"{u['size']} bytes  {u['received_at']}  {u['status']}")
-
-    @app.command("consolidate-queue")
-    @friendly
-    def consolidate_queue(
-        server: str = SERVER_OPT, admin_token: str = TOKEN_OPT, data_dir: Path = DATA_OPT,
-        ood: str = typer.Option(None, help=ood_help("OOD source")),
-        method: str = typer.Option("dac"),
-        steps: int = typer.Option(None, help="consolidation steps per upload"),
-        seed: int = typer.Option(0),
-        limit: int = typer.Option(None, help="consolidate at most this many uploads"),
-        as_json: bool = typer.Option(False, "--json"),
-    ) -> None:
-        """Consolidate the queued uploads in arrival order and publish the result as a new version.
-
-        Example: [bold]central consolidate-queue --ood photos/ --steps 1000 --data-dir registry/[/]
-        """
-        from central.methods import ConsolidationConfig
-        from central.server.admin import consolidate_from_queue
-
-        cfg = ConsolidationConfig(steps=steps, seed=seed)
-        r = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg,
-                                   limit=limit, progress=not as_json)
-        if as_json:
-            typer.echo(json.dumps(r, indent=2))
-        elif r["version"] is None:
-            typer.echo("the queue is empty: nothing to consolidate")
-        else:
-            typer.echo(f"consolidated {len(r['consolidated'])} upload(s) into v{r['base_version']} "
-                       f"-> published v{r['version']} ({r['bundle_id'][:12]}…)")
