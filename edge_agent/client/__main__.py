@@ -1,11 +1,6 @@
-"""``python -m edge_agent.client <verb>``: the central-facing verbs without the full ``edge-agent`` CLI."""
+"""``python -m edge_agent.client`` is the ``edge-agent`` command (one front door, every verb)."""
 
-import typer
-
-from edge_agent.client.cli import register
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="edge agent: talk to the central")
-register(app)
+from edge_agent.cli import main
 
 if __name__ == "__main__":
-    app()
+    main()
