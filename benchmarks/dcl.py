@@ -215,14 +215,12 @@ class TimedOOD:
 
 def profile_consolidation(devices: list[Bundle], ood: OODSource, cfg: ConsolidationConfig, steps: int = 100) -> dict:
     """Share of one DAC consolidation's CPU time spent making OOD batches versus in the models."""
-    from central.consolidate import consolidate_step
+    from central.consolidate import Central, consolidate_step
 
-    first, _, _ = consolidate_step(devices[0].model, [], devices[0], ood, "dac", cfg, progress=False)
+    empty = Central(devices[0].model, list(devices[0].labels), [], {})
+    first, _ = consolidate_step(empty, devices[0], ood, "dac", cfg, progress=False)
     timed = TimedOOD(ood)
-    classes = list(devices[0].manifest.trained_classes)
-    _, _, timing = consolidate_step(
-        first, classes, devices[1], timed, "dac", ConsolidationConfig(**{**asdict(cfg), "steps": steps}), False
-    )
+    _, timing = consolidate_step(first, devices[1], timed, "dac", ConsolidationConfig(**{**asdict(cfg), "steps": steps}), False)
     total = timing["cpu_seconds"]
     return {
         "steps": steps,

@@ -5,16 +5,18 @@ theta_t = method(theta_{t-1}, phi_t, OOD source): the central never sees device 
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from central.methods import ConsolidationConfig, Teacher, get_method
-from edge_agent.bundle import Bundle, BundleError, load_bundle, new_manifest, save_bundle
+from edge_agent.bundle import Bundle, BundleError, Manifest, load_bundle, new_manifest, save_bundle
+from edge_agent.compat import merge_labels
 from edge_agent.data.ood import OODSource, open_ood
-from edge_agent.models import EdgeModel
+from edge_agent.models import EdgeModel, remap_head
 from edge_agent.progress import make_progress
 
 
@@ -45,71 +47,118 @@ def support_tensor(labels: list[str], support: dict[str, int]) -> torch.Tensor:
     return torch.tensor([float(support.get(c, 0)) for c in labels])
 
 
-def merged_support(
-    labels: list[str], classes: list[str], support: dict[str, int] | None, incoming: Bundle
-) -> tuple[list[str], dict[str, int], dict[str, int]]:
-    """What consolidating ``incoming`` into a central knowing ``classes`` gives.
+@dataclass
+class Central:
+    """What consolidation carries from one device model to the next: the model and its label space."""
 
-    Returns (classes known afterwards, in label order; the central's counts, one per class
-    where ``support`` is silent; the counts afterwards).
-    """
-    new_classes = [c for c in labels if c in set(classes) | set(incoming.manifest.trained_classes)]
-    support = {c: 1 for c in classes} | (support or {})
+    model: EdgeModel
+    labels: list[str]
+    classes: list[str]  # the labels some device trained, in label order
+    support: dict[str, int]  # devices behind each known class
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> Central:
+        return cls(bundle.model, list(bundle.labels), list(bundle.manifest.trained_classes), class_support(bundle))
+
+
+@dataclass
+class StepInputs:
+    """One consolidation in the merged label space: both teachers, and the central it will give."""
+
+    labels: list[str]
+    previous: Teacher | None  # None: nothing consolidated yet, the device model becomes the central
+    incoming: Teacher
+    classes: list[str]
+    support: dict[str, int]
+
+    def central(self, model: EdgeModel) -> Central:
+        return Central(model, self.labels, self.classes, self.support)
+
+
+def step_inputs(central: Central, incoming: Bundle) -> StepInputs:
+    """Teachers over the union of both label lists (existing labels keep their index; new ones grow every head)."""
+    labels = merge_labels(central.labels, incoming.labels)
+    trained = incoming.manifest.trained_classes
+    classes = [c for c in labels if c in set(central.classes) | set(trained)]
+    before = {c: 1 for c in central.classes} | central.support
     added = class_support(incoming)
-    return new_classes, support, {c: support.get(c, 0) + added.get(c, 0) for c in new_classes}
+    support = {c: before.get(c, 0) + added.get(c, 0) for c in classes}
+    inc = Teacher(remap_head(incoming.model, incoming.labels, labels), known_mask(labels, trained),
+                  support_tensor(labels, added))
+    previous = None
+    if central.classes:
+        previous = Teacher(remap_head(central.model, central.labels, labels), known_mask(labels, central.classes),
+                           support_tensor(labels, before))
+    return StepInputs(labels, previous, inc, classes, support)
 
 
 def consolidate_step(
-    current: EdgeModel,
-    current_classes: list[str],
+    central: Central,
     incoming: Bundle,
     ood: OODSource,
     method: str,
     cfg: ConsolidationConfig,
     progress: bool = True,
     description: str = "consolidate",
-    current_support: dict[str, int] | None = None,
-) -> tuple[EdgeModel, list[str], dict]:
-    """One consolidation: returns the new model, the classes it knows, and an info dict.
+) -> tuple[Central, dict]:
+    """One consolidation: the next central and an info dict (``cpu_seconds``, ``wall_seconds``, ``student_init``).
 
     Settings left at None in ``cfg`` take the defaults of the incoming model's input kind.
-
-    ``current_support`` counts the devices behind each of ``current_classes`` (default:
-    one each); the info dict has the updated count under ``class_support`` besides
-    ``cpu_seconds`` and ``wall_seconds``.
     """
     cfg = cfg.for_input(incoming.input_spec.kind)
-    labels = incoming.labels
-    new_classes, support, new_support = merged_support(labels, current_classes, current_support, incoming)
+    step = step_inputs(central, incoming)
     t0 = time.process_time()
     w0 = time.perf_counter()
-    if not current_classes:
+    result = None
+    if step.previous is None:
         # Nothing consolidated yet: the first device model *is* the central.
-        import copy
-
-        model = copy.deepcopy(incoming.model)
+        model = copy.deepcopy(step.incoming.model)
     else:
-        previous = Teacher(current, known_mask(labels, current_classes), support_tensor(labels, support))
-        added = support_tensor(labels, class_support(incoming))
-        inc = Teacher(incoming.model, known_mask(labels, incoming.manifest.trained_classes), added)
         fn = get_method(method)
         with make_progress(progress) as bar:
             task = bar.add_task(description, total=cfg.steps, info="")
 
-            def report(step: int, losses: dict) -> None:
-                if step % 10 == 0 or step == cfg.steps:
-                    bar.update(task, completed=step, info=" ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+            def report(i: int, losses: dict) -> None:
+                if i % 10 == 0 or i == cfg.steps:
+                    bar.update(task, completed=i, info=" ".join(f"{k} {v:.4f}" for k, v in losses.items()))
 
-            result = fn(previous, inc, ood, cfg, progress=report)
+            result = fn(step.previous, step.incoming, ood, cfg, progress=report)
         model = result.model
-    info = {
-        "cpu_seconds": time.process_time() - t0,
-        "wall_seconds": time.perf_counter() - w0,
-        "class_support": new_support,
-    }
-    if current_classes and "chosen" in result.info:
+    info = {"cpu_seconds": time.process_time() - t0, "wall_seconds": time.perf_counter() - w0}
+    if result is not None and "chosen" in result.info:
         info["student_init"] = result.info  # recorded in the bundle's lineage (``stream``)
-    return model, new_classes, info
+    return step.central(model), info
+
+
+def stream_record(incoming: Bundle, before: Central, info: dict) -> dict:
+    """One entry of a consolidated bundle's ``extra.stream``: what came in, the labels it added, what it cost."""
+    added = [c for c in incoming.labels if c not in set(before.labels)]
+    record = {"incoming": incoming.id, "classes": incoming.manifest.trained_classes, **info}
+    return record | ({"new_labels": added} if added else {})
+
+
+def consolidated_manifest(
+    central: Central, base: Bundle, incoming: list[Bundle], method: str, cfg: ConsolidationConfig,
+    ood: str | Path | None, stream: list[dict], **extra,
+) -> Manifest:
+    """The manifest of the bundle a consolidation writes: lineage, settings, OOD source, stream, support."""
+    version = base.manifest.extra.get("version")
+    return new_manifest(
+        central.model,
+        central.labels,
+        base.input_spec,
+        trained_classes=central.classes,
+        parents=[base.id] + [b.id for b in incoming],
+        method=method,
+        extra={
+            "consolidation": asdict(cfg.for_input(base.input_spec.kind)),
+            "ood": str(ood) if ood is not None else "default",
+            "stream": stream,
+            "version": (version + len(incoming)) if isinstance(version, int) else None,
+            "class_support": central.support,
+            **extra,
+        },
+    )
 
 
 def step_seed(seed: int, position: int) -> int:
@@ -149,39 +198,12 @@ def consolidate_files(
     get_method(method)  # fail before any work on a wrong name
     base, incoming = load_inputs(base_path, incoming_paths)
     source = open_ood(ood, base.input_spec)
-    model, classes, support = base.model, list(base.manifest.trained_classes), class_support(base)
-    steps = []
+    central, stream = Central.of(base), []
     for i, b in enumerate(incoming):
-        step_cfg = replace(cfg, seed=step_seed(cfg.seed, i))
-        model, classes, info = consolidate_step(
-            model,
-            classes,
-            b,
-            source,
-            method,
-            step_cfg,
-            progress,
-            description=f"consolidate {i + 1}/{len(incoming)}",
-            current_support=support,
-        )
-        support = info.pop("class_support")
-        steps.append({"incoming": b.id, "classes": b.manifest.trained_classes, **info})
-    version = base.manifest.extra.get("version")
-    manifest = new_manifest(
-        model,
-        base.labels,
-        base.input_spec,
-        trained_classes=classes,
-        parents=[base.id] + [b.id for b in incoming],
-        method=method,
-        extra={
-            "consolidation": asdict(cfg.for_input(base.input_spec.kind)),
-            "ood": str(ood) if ood is not None else "default",
-            "stream": steps,
-            "version": (version + len(incoming)) if isinstance(version, int) else None,
-            "class_support": support,
-        },
-    )
-    bid = save_bundle(model, manifest, out_path)
-    return {"id": bid, "out": str(out_path), "method": method, "trained_classes": classes, "steps": steps}
-
+        before = central
+        central, info = consolidate_step(central, b, source, method, replace(cfg, seed=step_seed(cfg.seed, i)),
+                                         progress, description=f"consolidate {i + 1}/{len(incoming)}")
+        stream.append(stream_record(b, before, info))
+    bid = save_bundle(central.model, consolidated_manifest(central, base, incoming, method, cfg, ood, stream), out_path)
+    return {"id": bid, "out": str(out_path), "method": method, "labels": central.labels,
+            "trained_classes": central.classes, "steps": stream}

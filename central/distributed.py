@@ -41,12 +41,12 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from central import consolidate
-from central.consolidate import class_support, known_mask, merged_support, step_seed, support_tensor
-from central.methods import ConsolidationConfig, Teacher, get_method
-from central.methods.loop import DistillLoop, LoopState, Ranks, average_buffers
-from edge_agent.bundle import Bundle, new_manifest, save_bundle, write_atomic
+from central.consolidate import Central, consolidated_manifest, step_inputs, step_seed, stream_record
+from central.methods import ConsolidationConfig, get_method
+from central.methods.loop import DistillLoop, LoopState, Ranks
+from edge_agent.bundle import Bundle, save_bundle, write_atomic
 from edge_agent.data.ood import open_ood
-from edge_agent.models import EdgeModel
+from edge_agent.models import EdgeModel, remap_head
 from edge_agent.progress import make_progress
 
 DEFAULT_TIMEOUT_S = 300.0  # a collective waiting longer than this means a rank is gone or hung
@@ -71,10 +71,7 @@ def rank_settings() -> dict:
 
 
 class DistributedConsolidationError(ValueError):
-    """A distributed consolidation that failed (a rank died, timed out or disagreed).
-
-    The CLI prints it as one line and exits 1 (``edge_agent.cli_support.EXIT_CODE_OF_ERROR``).
-    """
+    """A distributed consolidation that failed (a rank died, timed out or disagreed): one line, exit 1."""
 
 
 class Interrupted(RuntimeError):
@@ -129,22 +126,10 @@ def check_replicas(ranks: Ranks, model: nn.Module) -> None:
     dist.all_gather(digests, mine)
     differ = [r for r, d in enumerate(digests) if not torch.equal(d, digests[0])]
     if differ:
-        raise DistributedConsolidationError(
-            f"the students of ranks {differ} differ from rank 0's: refusing to write the bundle"
-        )
+        raise DistributedConsolidationError(f"the students of ranks {differ} differ from rank 0's: refusing to write the bundle")
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-
-
-def _gather_uint8(ranks: Ranks, t: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's copy of a uint8 tensor (RNG states have the same size on every rank)."""
-    if not ranks.distributed:
-        return [t]
-    mine = t.to(ranks.accelerator)
-    out = [torch.empty_like(mine) for _ in range(ranks.world_size)]
-    dist.all_gather(out, mine)
-    return [o.cpu() for o in out]
 
 
 def save_checkpoint(path: Path, ranks: Ranks, s: LoopState, previous: EdgeModel, meta: dict[str, object]) -> None:
@@ -153,34 +138,12 @@ def save_checkpoint(path: Path, ranks: Ranks, s: LoopState, previous: EdgeModel,
     ``previous`` is the teacher being consolidated into (the model after the stream's earlier
     positions); ``meta`` holds JSON-able facts of the job (fingerprint, position, classes, ...).
     """
-    average_buffers(ranks, s.student)  # linear in the running stats: resuming gives the same final average
-    gens = _gather_uint8(ranks, s.gen.get_state())
-    torch_rngs = _gather_uint8(ranks, torch.get_rng_state())
-    cuda_rngs = _gather_uint8(ranks, torch.cuda.get_rng_state(ranks.accelerator)) if ranks.accelerator.type == "cuda" else []
+    snap = s.snapshot()
     if not ranks.is_writer:
         return
-    tensors = {f"previous.{k}": v for k, v in previous.state_dict().items()}
-    tensors |= {f"student.{k}": v for k, v in s.student.state_dict().items()}
-    tensors |= {f"proj.{k}": v for k, v in s.projectors.state_dict().items()}
-    opt = s.opt.state_dict()
-    for pid, st in opt["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    for r in range(ranks.world_size):
-        tensors[f"rng.{r}.gen"] = gens[r]
-        tensors[f"rng.{r}.torch"] = torch_rngs[r]
-        if cuda_rngs:
-            tensors[f"rng.{r}.cuda"] = cuda_rngs[r]
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    header = {
-        "format": CHECKPOINT_FORMAT,
-        "step": str(s.step),
-        "world_size": str(ranks.world_size),
-        # param_groups carry the cosine-decayed learning rate the scheduler builds on.
-        "param_groups": json.dumps(opt["param_groups"]),
-        "sched": json.dumps(s.sched.state_dict()),
-        "job": json.dumps(meta),
-    }
+    tensors, header = snap
+    tensors |= {f"previous.{k}": v.detach().to("cpu").contiguous().clone() for k, v in previous.state_dict().items()}
+    header |= {"format": CHECKPOINT_FORMAT, "world_size": str(ranks.world_size), "job": json.dumps(meta)}
     write_atomic(path, st_save(tensors, metadata=header))
 
 
@@ -193,40 +156,11 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             header = f.metadata() or {}
         tensors = st_load(path.read_bytes())
     except (SafetensorError, OSError) as e:
-        raise DistributedConsolidationError(
-            f"checkpoint {path} is unreadable ({str(e).splitlines()[0]}): delete it to start over"
-        ) from None
+        why = str(e).splitlines()[0]
+        raise DistributedConsolidationError(f"checkpoint {path} is unreadable ({why}): delete it to start over") from None
     if header.get("format") != CHECKPOINT_FORMAT:
         raise DistributedConsolidationError(f"{path} is not a consolidation checkpoint: delete it to start over")
     return tensors, header
-
-
-def load_checkpoint_state(
-    ranks: Ranks, s: LoopState, tensors: dict[str, torch.Tensor], header: dict[str, str]
-) -> None:
-    """Put the loop back where the checkpoint left it: weights, optimizer, scheduler, step, this rank's RNG."""
-    dev = ranks.accelerator
-
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix) :]: v.to(dev) for k, v in tensors.items() if k.startswith(prefix)}
-
-    s.student.load_state_dict(part("student."))
-    s.projectors.load_state_dict(part("proj."))
-    opt = s.opt.state_dict()
-    opt["state"] = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            # Adam keeps ``step`` on the CPU unless capturable; the moments live with the parameters.
-            opt["state"].setdefault(int(pid), {})[name] = v if name == "step" else v.to(dev)
-    opt["param_groups"] = json.loads(header["param_groups"])
-    s.opt.load_state_dict(opt)
-    s.sched.load_state_dict(json.loads(header["sched"]))
-    s.step = int(header["step"])
-    s.gen.set_state(tensors[f"rng.{ranks.rank}.gen"])
-    torch.set_rng_state(tensors[f"rng.{ranks.rank}.torch"])
-    if dev.type == "cuda" and f"rng.{ranks.rank}.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors[f"rng.{ranks.rank}.cuda"], dev)
 
 
 def default_checkpoint_path(out: str | Path) -> Path:
@@ -266,11 +200,39 @@ class Where:
 
 
 def _fingerprint(job: DistributedJob, base: Bundle, incoming: list[Bundle], world_size: int) -> str:
+    """What a checkpoint must match to be resumed: the bundles, method, OOD source, settings, world size."""
     h = hashlib.sha256()
     for part in (base.id, *[b.id for b in incoming], job.method, str(job.ood), str(world_size)):
         h.update(part.encode() + b"\0")
     h.update(json.dumps(asdict(job.cfg), sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def _resume_point(job: DistributedJob, ranks: Ranks, base: Bundle, fp: str):
+    """(central, position, stream so far, checkpoint tensors and header, resumed_from) to start the job from."""
+    ckpt = job.checkpoint_path()
+    if ckpt.exists() and not job.resume:
+        raise DistributedConsolidationError(
+            f"a checkpoint of an interrupted consolidation is at {ckpt}: add --resume to continue it, or delete it"
+        )
+    if not (job.resume and ckpt.exists()):
+        return Central.of(base), 0, [], None, {}, None
+    tensors, header = read_checkpoint(ckpt)
+    meta = json.loads(header["job"])
+    if int(header["world_size"]) != ranks.world_size:
+        raise DistributedConsolidationError(
+            f"checkpoint {ckpt} was written by {header['world_size']} processes: resume with --nproc {header['world_size']}"
+        )
+    if meta["fingerprint"] != fp:
+        raise DistributedConsolidationError(
+            f"checkpoint {ckpt} belongs to another consolidation (bundles, method or settings differ): delete it to start over"
+        )
+    labels = meta.get("labels", base.labels)
+    model = copy.deepcopy(remap_head(base.model, base.labels, labels))
+    model.load_state_dict({k[len("previous.") :]: v for k, v in tensors.items() if k.startswith("previous.")})
+    central = Central(model, labels, meta["classes"], meta.get("support") or {})
+    resumed = {"position": meta["position"], "step": int(header["step"])}
+    return central, meta["position"], meta["done"], tensors, header, resumed
 
 
 def run_job(
@@ -291,68 +253,36 @@ def run_job(
     batch_per_rank = ranks.batch_per_rank(job.cfg.batch_size)  # a batch that does not split fails before any work
     base, incoming = consolidate.load_inputs(job.base, job.incoming)
     source = open_ood(job.ood, base.input_spec)
-    labels = base.labels
     fp = _fingerprint(job, base, incoming, ranks.world_size)
     ckpt = job.checkpoint_path()
-
-    model, classes, support = base.model, list(base.manifest.trained_classes), class_support(base)
-    start, done, resumed = 0, [], None
-    tensors: dict[str, torch.Tensor] | None = None
-    header: dict[str, str] = {}
-    if ckpt.exists() and not job.resume:
-        raise DistributedConsolidationError(
-            f"a checkpoint of an interrupted consolidation is at {ckpt}: add --resume to continue it, or delete it"
-        )
-    if job.resume and ckpt.exists():
-        tensors, header = read_checkpoint(ckpt)
-        meta = json.loads(header["job"])
-        if int(header["world_size"]) != ranks.world_size:
-            raise DistributedConsolidationError(
-                f"checkpoint {ckpt} was written by {header['world_size']} processes: resume with --nproc {header['world_size']}"
-            )
-        if meta["fingerprint"] != fp:
-            raise DistributedConsolidationError(
-                f"checkpoint {ckpt} belongs to another consolidation (bundles, method or settings differ): delete it to start over"
-            )
-        model = copy.deepcopy(base.model)
-        model.load_state_dict({k[len("previous.") :]: v for k, v in tensors.items() if k.startswith("previous.")})
-        classes, start, done = meta["classes"], meta["position"], meta["done"]
-        support = meta.get("support")  # merged_support counts one per class when absent
-        resumed = {"position": start, "step": int(header["step"])}
+    central, start, done, tensors, header, resumed = _resume_point(job, ranks, base, fp)
 
     for i in range(start, len(incoming)):
         b = incoming[i]
         where.position, where.step = i, 0
         step_cfg = replace(job.cfg.for_input(b.input_spec.kind), seed=step_seed(job.cfg.seed, i))
-        new_classes, support, new_support = merged_support(labels, classes, support, b)  # as consolidate_step
+        step = step_inputs(central, b)
         t0, w0 = time.process_time(), time.perf_counter()
-        if not classes:
+        if step.previous is None:
             # Nothing consolidated yet: the first device model *is* the central (as consolidate_step).
-            model, classes, support = copy.deepcopy(b.model), new_classes, new_support
-            done.append(
-                {"incoming": b.id, "classes": b.manifest.trained_classes, "cpu_seconds": 0.0, "wall_seconds": 0.0}
-            )
+            done.append(stream_record(b, central, {"cpu_seconds": 0.0, "wall_seconds": 0.0}))
+            central = step.central(copy.deepcopy(step.incoming.model))
             continue
-        previous = Teacher(model, known_mask(labels, classes), support_tensor(labels, support))
-        inc = Teacher(b.model, known_mask(labels, b.manifest.trained_classes), support_tensor(labels, class_support(b)))
-        s = method.setup(previous, inc, source, step_cfg, ranks)
+        s = method.setup(step.previous, step.incoming, source, step_cfg, ranks)
         fresh = True
         if tensors is not None and i == start:
-            load_checkpoint_state(ranks, s, tensors, header)
+            s.restore(tensors, header)
             tensors = None
             fresh = False  # the checkpoint at this step is the one just read
         first_step, train_wall = s.step, time.perf_counter()
-        meta = {"fingerprint": fp, "position": i, "classes": classes, "support": support, "done": list(done)}
+        meta = {"fingerprint": fp, "position": i, "labels": central.labels, "classes": central.classes,
+                "support": central.support, "done": list(done)}
         with make_progress(progress and ranks.is_writer) as bar:
-            task = bar.add_task(
-                f"consolidate {i + 1}/{len(incoming)} x{ranks.world_size}",
-                total=step_cfg.steps,
-                completed=s.step,
-                info="",
-            )
+            task = bar.add_task(f"consolidate {i + 1}/{len(incoming)} x{ranks.world_size}", total=step_cfg.steps,
+                                completed=s.step, info="")
             while s.step < step_cfg.steps:
                 if job.checkpoint_every > 0 and s.step % job.checkpoint_every == 0 and fresh:
-                    save_checkpoint(ckpt, ranks, s, model, meta)
+                    save_checkpoint(ckpt, ranks, s, central.model, meta)
                     where.checkpoint_step = (i, s.step)
                 fresh = True
                 losses = method.step(s)
@@ -364,23 +294,19 @@ def run_job(
         if ranks.accelerator.type == "cuda":
             torch.cuda.synchronize(ranks.accelerator)
         train_wall = time.perf_counter() - train_wall
-        model = method.finish(s)
-        classes, support = new_classes, new_support
         steps_run = s.step - first_step
-        done.append(
-            {
-                "incoming": b.id,
-                "classes": b.manifest.trained_classes,
-                "cpu_seconds": time.process_time() - t0,
-                "wall_seconds": time.perf_counter() - w0,
-                "steps_run": steps_run,
-                "samples_per_second": steps_run * step_cfg.batch_size / train_wall if train_wall > 0 else None,
-                **({"student_init": s.info} if "chosen" in s.info else {}),
-            }
-        )
+        info = {
+            "cpu_seconds": time.process_time() - t0,
+            "wall_seconds": time.perf_counter() - w0,
+            "steps_run": steps_run,
+            "samples_per_second": steps_run * step_cfg.batch_size / train_wall if train_wall > 0 else None,
+            **({"student_init": s.info} if "chosen" in s.info else {}),
+        }
+        done.append(stream_record(b, central, info))
+        central = step.central(method.finish(s))
 
-    model = model.to("cpu")
-    check_replicas(ranks, model)
+    central.model = central.model.to("cpu")
+    check_replicas(ranks, central.model)
     if ranks.distributed:
         dist.barrier()  # every rank finished: only now may rank 0 write
     if not ranks.is_writer:
@@ -392,35 +318,11 @@ def run_job(
         "replicas_identical": True,
         "resumed_from": resumed,
     }
-    version = base.manifest.extra.get("version")
-    manifest = new_manifest(
-        model,
-        labels,
-        base.input_spec,
-        trained_classes=classes,
-        parents=[base.id] + [b.id for b in incoming],
-        method=job.method,
-        extra={
-            "consolidation": asdict(job.cfg.for_input(base.input_spec.kind)),
-            "ood": str(job.ood) if job.ood is not None else "default",
-            "stream": done,
-            "version": (version + len(incoming)) if isinstance(version, int) else None,
-            "class_support": support,
-            "distributed": info,
-        },
-    )
-    bid = save_bundle(model, manifest, job.out)
+    manifest = consolidated_manifest(central, base, incoming, job.method, job.cfg, job.ood, done, distributed=info)
+    bid = save_bundle(central.model, manifest, job.out)
     ckpt.unlink(missing_ok=True)  # the bundle is complete: nothing left to resume
-    return {
-        "id": bid,
-        "out": str(job.out),
-        "method": job.method,
-        "trained_classes": classes,
-        "steps": done,
-        "distributed": info,
-    }
-
-
+    return {"id": bid, "out": str(job.out), "method": job.method, "labels": central.labels,
+            "trained_classes": central.classes, "steps": done, "distributed": info}
 
 
 # ------------------------------------------------------------------------------ per-rank entry point
@@ -429,12 +331,7 @@ def run_job(
 def describe_failure(e: BaseException, ranks: Ranks, job: DistributedJob, where: Where) -> str:
     """One paragraph a person can act on: which rank, where, why, and what to do next."""
     cause = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if (
-        isinstance(e, dist.DistError)
-        or "gloo" in cause.lower()
-        or "connection" in cause.lower()
-        or "nccl" in cause.lower()
-    ):
+    if isinstance(e, dist.DistError) or any(w in cause.lower() for w in ("gloo", "nccl", "connection")):
         cause = f"lost contact with another rank (it died, or hung longer than the process-group timeout): {cause}"
     msg = (
         f"rank {ranks.rank}/{ranks.world_size}: consolidation failed at incoming {where.position + 1}/{len(job.incoming)}, "
@@ -497,10 +394,8 @@ def consolidate_distributed(
 ) -> dict:
     """Consolidate on ``nproc`` processes of this machine (torchrun standalone); returns the result dict.
 
-    ``cfg.batch_size`` is the global batch (each rank draws ``batch_size / nproc``), so the
-    result matches one process with the same config in quality. Raises
-    :class:`DistributedConsolidationError` naming the failed ranks when the job fails;
-    then no bundle is written and ``resume=True`` continues from the checkpoint.
+    ``cfg.batch_size`` is the global batch (each rank draws ``batch_size / nproc``). A failed job
+    raises :class:`DistributedConsolidationError` naming the ranks; ``resume=True`` continues it.
     """
     cfg = cfg or ConsolidationConfig()
     if nproc < 1:
@@ -533,6 +428,4 @@ def consolidate_distributed(
             return json.loads(result.read_text())
         errors = sorted(report.glob("rank*.error.txt"))
         detail = " | ".join(p.read_text().strip() for p in errors) or "no rank left a message (killed by a signal?)"
-        raise DistributedConsolidationError(
-            f"distributed consolidation on {nproc} processes failed (exit {rc}): {detail}"
-        )
+        raise DistributedConsolidationError(f"distributed consolidation on {nproc} processes failed (exit {rc}): {detail}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from central.consolidate import consolidate_step, step_seed
+from central.consolidate import Central, consolidate_step, step_seed
 from central.methods import ConsolidationConfig
 from central.metrics import summarize
 from edge_agent.bundle import Bundle, load_bundle
@@ -130,7 +130,7 @@ def run_stream(
     ev = StreamEvaluator(stream, base.labels)
     T = len(devices)
     R, R_task = np.zeros((T, T)), np.zeros((T, T))
-    model, classes, support = base.model, list(base.manifest.trained_classes), None
+    central = Central.of(base)
     history = [base.model]
     cpu, wall, device_cpu, inits = [], [], [], []
     for t, dev in enumerate(devices):
@@ -139,16 +139,14 @@ def run_stream(
             dev = pull(t, history)
             device_cpu.append(time.process_time() - t0)
         step_cfg = replace(cfg, seed=step_seed(cfg.seed, t))
-        model, classes, info = consolidate_step(
-            model, classes, dev, ood, method, step_cfg, progress, f"{method} {t + 1}/{T}", support
-        )
-        support = info["class_support"]
-        history.append(model)
+        central, info = consolidate_step(central, dev, ood, method, step_cfg, progress, f"{method} {t + 1}/{T}")
+        history.append(central.model)
         cpu.append(info["cpu_seconds"])
         wall.append(info["wall_seconds"])
         inits.append(info.get("student_init", {}).get("chosen"))
-        R[t], R_task[t] = ev.row(model, classes)
+        R[t], R_task[t] = ev.row(central.model, central.classes)
         log(f"{method:>8} after {stream.experiences[t]['name']}: avg acc {R[t, : t + 1].mean():.3f} ({info['wall_seconds']:.0f} s)")
+    model, classes = central.model, central.classes
     out = summarize(R)
     out["task_aware"] = summarize(R_task)
     out["final_accuracy_all_classes"] = ev.accuracy(model, stream.test, classes)

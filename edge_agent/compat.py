@@ -36,19 +36,47 @@ def _listed(names: list[str]) -> str:
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
-def check_labels(base: list[str], incoming: list[str]) -> None:
-    """The label rule: the incoming list must equal the central's, in the same order.
+MAX_LABELS = 4096  # one head row each; far beyond any edge task, small enough to bound a hostile manifest
+MAX_LABEL_CHARS = 100
 
-    The consolidator cannot grow the head yet; when it can, an extension of the
-    central's list becomes acceptable here and nowhere else.
+
+def label_problem(label: object) -> str | None:
+    """Why ``label`` cannot be a class name (None when it can): a short, printable, one-line string."""
+    if not isinstance(label, str):
+        return f"{_short(label)} is not a string"
+    if not label.strip() or label != label.strip():
+        return f"{_short(label)} is blank or has surrounding spaces"
+    if len(label) > MAX_LABEL_CHARS:
+        return f"{_short(label)} is longer than {MAX_LABEL_CHARS} characters"
+    if not label.isprintable():  # also catches a byte-order mark glued to the first label
+        return f"{_short(label)} has control or invisible characters"
+    return None
+
+
+def merge_labels(base: list[str], incoming: list[str]) -> list[str]:
+    """The union of two label lists in a stable order: ``base``'s labels keep their index, new ones follow."""
+    known = set(base)
+    return list(base) + [c for c in incoming if c not in known]
+
+
+def check_labels(base: list[str], incoming: list[str]) -> None:
+    """The label rule: classes are matched by name, so the incoming list may add labels, lack some or reorder them.
+
+    Refused: a label that is not a short printable name, a repeated label, or a
+    union with the central's list beyond :data:`MAX_LABELS`.
     """
-    if incoming == base:
-        return
-    missing = [c for c in base if c not in set(incoming)]
-    extra = [c for c in incoming if c not in set(base)]
-    parts = ([f"missing {_listed(missing)}"] if missing else []) + ([f"extra {_listed(extra)}"] if extra else [])
-    detail = "; ".join(parts) if parts else "same labels in another order"
-    raise IncompatibleBundle(f"labels differ from the central's: {detail}")
+    if not isinstance(incoming, list):
+        raise IncompatibleBundle(f"labels must be a list of class names, not {_short(incoming)}")
+    for c in incoming:
+        if (why := label_problem(c)) is not None:
+            raise IncompatibleBundle(f"bad label: {why}")
+    seen: set[str] = set()
+    repeated = [c for c in incoming if c in seen or seen.add(c)]
+    if repeated:
+        raise IncompatibleBundle(f"labels repeat {_listed(sorted(set(repeated)))}")
+    total = len(merge_labels(base, incoming))
+    if total > MAX_LABELS:
+        raise IncompatibleBundle(f"the merged label list would have {total} labels, more than {MAX_LABELS}")
 
 
 def check_class_support(m: Manifest) -> None:
@@ -69,9 +97,10 @@ def check_class_support(m: Manifest) -> None:
 def check_compatible(base: Manifest, incoming: Manifest) -> None:
     """Refuse ``incoming`` unless it can be consolidated into the central ``base``.
 
-    Same architecture and arch_config, same input spec, the label list of
-    :func:`check_labels`, a non-empty ``trained_classes`` within the labels, an
-    ``extra`` object whose ``class_support`` (if any) is well formed.
+    Same architecture and arch_config, same input spec, a label list that
+    :func:`check_labels` accepts (it may add classes the central does not know),
+    a non-empty ``trained_classes`` within the labels, an ``extra`` object whose
+    ``class_support`` (if any) is well formed.
     """
     if incoming.arch != base.arch:
         raise IncompatibleBundle(f"architecture differs from the central's: arch {_short(incoming.arch)} vs {_short(base.arch)}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edge_agent.bundle import BundleError, Manifest, load_bundle_bytes, new_manifest, save_bundle
-from edge_agent.compat import MAX_ABS_WEIGHT, IncompatibleBundle, check_compatible, check_weights
+from edge_agent.compat import MAX_ABS_WEIGHT, IncompatibleBundle, check_compatible, check_weights, merge_labels
 from edge_agent.inputs import InputSpec
 from edge_agent.models import create_model
 
@@ -51,14 +51,28 @@ def test_architecture_and_input_spec_show_both_sides():
     assert msg.startswith("input spec differs from the central's: input") and "[3, 8, 8]" in msg and "[1, 8, 8]" in msg
 
 
-def test_labels_name_what_is_missing_extra_or_reordered():
-    prefix = "labels differ from the central's: "
-    assert _refusal(labels=["cat", "dog"]) == prefix + "missing 'fox'"
-    assert _refusal(labels=[*LABELS, "owl"]) == prefix + "extra 'owl'"  # an extension is not consolidable yet
-    assert _refusal(labels=["cat", "dog", "owl"]) == prefix + "missing 'fox'; extra 'owl'"
-    assert _refusal(labels=["dog", "cat", "fox"]) == prefix + "same labels in another order"
-    many = _refusal(labels=["cat"] + [f"x{i}" for i in range(8)])
-    assert "extra 'x0', 'x1', 'x2', 'x3', 'x4' and 3 more" in many
+def _accepts(**changes) -> None:
+    base = _central()
+    incoming = copy.deepcopy(base)
+    for k, v in changes.items():
+        setattr(incoming, k, v)
+    check_compatible(base, incoming)
+
+
+def test_labels_match_by_name_so_a_device_may_add_lack_or_reorder_classes():
+    _accepts(labels=[*LABELS, "owl"], trained_classes=["owl"])  # a class the central has never seen
+    _accepts(labels=["cat", "dog"], trained_classes=["dog"])  # pulled before "fox" was added
+    _accepts(labels=["dog", "cat", "fox"], trained_classes=["dog"])
+    assert merge_labels(LABELS, ["owl", "dog", "emu"]) == [*LABELS, "owl", "emu"]  # old labels keep their index
+
+
+def test_labels_that_cannot_be_class_names_are_refused_by_name():
+    assert _refusal(labels=["cat", "dog", "cat"]) == "labels repeat 'cat'"
+    assert _refusal(labels=["\ufeffcat", "dog", "fox"]).startswith("bad label: '\\ufeffcat' has control or invisible")
+    assert _refusal(labels=["cat", " dog", "fox"]) == "bad label: ' dog' is blank or has surrounding spaces"
+    assert _refusal(labels=["cat", "dog\n", "fox"]).startswith("bad label: 'dog\\n'")
+    assert _refusal(labels=["cat", 7, "fox"]) == "bad label: 7 is not a string"
+    assert "more than 4096" in _refusal(labels=[f"x{i}" for i in range(4100)], trained_classes=["x0"])
 
 
 def test_trained_classes_must_be_a_non_empty_subset_of_the_labels():

@@ -191,7 +191,7 @@ def unconsolidatable_uploads(base: Path) -> dict[str, tuple[bytes, str]]:
 
     b = load_bundle(base)
     return {
-        "label list extended by one": (crafted_upload(base, 1, labels=[*b.labels, "new"]), "labels"),
+        "a label with a newline": (crafted_upload(base, 1, labels=[*b.labels[:-1], b.labels[-1] + "\n"]), "label"),
         "no trained classes": (crafted_upload(base, 2, trained_classes=[]), "trained_classes"),
         "non-integer class_support": (crafted_upload(base, 3, extra={"class_support": {"0": "many"}}), "extra.class_support"),
         "extra not an object": (crafted_upload(base, 4, extra=["class_support"]), "extra"),

@@ -9,6 +9,7 @@ adds checkpoints and the launcher around the same three calls.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -112,6 +113,61 @@ class LoopState:
     ood: OODSource
     info: dict  # what the method chose on the way (e.g. where the student started)
     step: int = 0
+
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """(tensors, string header) to resume from: student, projectors, optimizer, scheduler, step, RNGs.
+
+        Called on every rank (buffers are averaged, RNG states gathered); rank 0 gets the
+        snapshot, the other ranks None.
+        """
+        ranks = self.ranks
+        average_buffers(ranks, self.student)  # linear in the running stats: resuming gives the same final average
+        gens = _gather_uint8(ranks, self.gen.get_state())
+        torch_rngs = _gather_uint8(ranks, torch.get_rng_state())
+        cuda = ranks.accelerator.type == "cuda"
+        cuda_rngs = _gather_uint8(ranks, torch.cuda.get_rng_state(ranks.accelerator)) if cuda else []
+        if not ranks.is_writer:
+            return None
+        tensors = {f"student.{k}": v for k, v in self.student.state_dict().items()}
+        tensors |= {f"proj.{k}": v for k, v in self.projectors.state_dict().items()}
+        opt = self.opt.state_dict()
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        for r in range(ranks.world_size):
+            tensors[f"rng.{r}.gen"], tensors[f"rng.{r}.torch"] = gens[r], torch_rngs[r]
+            if cuda_rngs:
+                tensors[f"rng.{r}.cuda"] = cuda_rngs[r]
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        # param_groups carry the cosine-decayed learning rate the scheduler builds on.
+        header = {"step": str(self.step), "param_groups": json.dumps(opt["param_groups"]),
+                  "sched": json.dumps(self.sched.state_dict())}
+        return tensors, header
+
+    def restore(self, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
+        """Put the loop back where :meth:`snapshot` left it (this rank's RNG included)."""
+        dev, rank = self.ranks.accelerator, self.ranks.rank
+
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v.to(dev) for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.student.load_state_dict(part("student."))
+        self.projectors.load_state_dict(part("proj."))
+        opt = self.opt.state_dict()
+        opt["state"] = {}
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, pid, name = key.split(".", 2)
+                # Adam keeps ``step`` on the CPU unless capturable; the moments live with the parameters.
+                opt["state"].setdefault(int(pid), {})[name] = v if name == "step" else v.to(dev)
+        opt["param_groups"] = json.loads(header["param_groups"])
+        self.opt.load_state_dict(opt)
+        self.sched.load_state_dict(json.loads(header["sched"]))
+        self.step = int(header["step"])
+        self.gen.set_state(tensors[f"rng.{rank}.gen"])
+        torch.set_rng_state(tensors[f"rng.{rank}.torch"])
+        if dev.type == "cuda" and f"rng.{rank}.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.{rank}.cuda"], dev)
 
 
 class DistillLoop:
@@ -223,3 +279,13 @@ def average_buffers(ranks: Ranks, model: nn.Module) -> None:
         if b.is_floating_point():
             dist.all_reduce(b, op=dist.ReduceOp.SUM)
             b.div_(ranks.world_size)
+
+
+def _gather_uint8(ranks: Ranks, t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's copy of a uint8 tensor (RNG states have the same size on every rank)."""
+    if not ranks.distributed:
+        return [t]
+    mine = t.to(ranks.accelerator)
+    out = [torch.empty_like(mine) for _ in range(ranks.world_size)]
+    dist.all_gather(out, mine)
+    return [o.cpu() for o in out]

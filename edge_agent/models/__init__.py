@@ -21,6 +21,7 @@ from edge_agent.models.registry import (
     default_input_spec,
     list_models,
     register_model,
+    remap_head,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "default_input_spec",
     "list_models",
     "register_model",
+    "remap_head",
 ]

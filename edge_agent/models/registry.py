@@ -107,5 +107,34 @@ def default_input_spec(name: str, input_shape: tuple[int, int, int] | None = Non
     return InputSpec("image", shape, mean=(0.5,) * shape[0], std=(0.5,) * shape[0])
 
 
+def remap_head(model: EdgeModel, labels: list[str], new_labels: list[str]) -> EdgeModel:
+    """A copy of ``model`` whose head answers ``new_labels``: each label keeps its row, new labels get new rows.
+
+    A new row has zero weights and the lowest bias of the old rows, so the logits of
+    the old classes are unchanged and a new class starts below all of them.
+    ``model`` itself is returned when the lists are equal.
+    """
+    if list(labels) == list(new_labels):
+        return model
+    import copy
+
+    index = {c: i for i, c in enumerate(labels)}
+    old = model.head
+    out = copy.deepcopy(model)
+    head = nn.Linear(old.in_features, len(new_labels), bias=old.bias is not None)
+    with torch.no_grad():
+        head.weight.zero_()
+        if old.bias is not None:
+            head.bias.fill_(float(old.bias.min()) if old.bias.numel() else 0.0)
+        for j, c in enumerate(new_labels):
+            if c in index:
+                head.weight[j] = old.weight[index[c]]
+                if old.bias is not None:
+                    head.bias[j] = old.bias[index[c]]
+    out.head = head.to(old.weight.device, old.weight.dtype)
+    out.num_classes = len(new_labels)
+    return out
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
