@@ -48,10 +48,61 @@ def init(
     typer.echo(f"wrote {out} ({arch}, {len(names)} labels) id {bid}")
 
 
-def _methods_help() -> str:
-    from central.methods import list_methods
+labels_app = typer.Typer(no_args_is_help=True, help="Read or grow a central's label list.")
+app.add_typer(labels_app, name="labels")
 
-    return ", ".join(list_methods())
+
+@labels_app.command("list")
+@friendly
+def labels_list(
+    model: Annotated[Path, typer.Option(help="a bundle (.safetensors)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON object instead of lines")] = False,
+) -> None:
+    """Print a bundle's labels in head order, marking the classes some device trained.
+
+    Example: [bold]central labels list --model central-3.safetensors[/]
+    """
+    from edge_agent.bundle import load_bundle
+
+    m = load_bundle(model).manifest
+    if as_json:
+        typer.echo(json.dumps({"labels": m.labels, "trained_classes": m.trained_classes}, indent=2))
+        return
+    for i, c in enumerate(m.labels):
+        typer.echo(f"{i:>4}  {c}{'' if c in m.trained_classes else '  (not trained yet)'}")
+
+
+@labels_app.command("add")
+@friendly
+def labels_add(
+    model: Annotated[Path, typer.Option(help="the central bundle to grow")],
+    label: Annotated[list[str], typer.Option("--label", help="a new class name; repeat for several")],
+    out: Annotated[Path, typer.Option(help="where to write the grown bundle")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+) -> None:
+    """Append classes to a central's label list: the head grows, every existing output stays as it was.
+
+    Devices can also bring new classes themselves (edge-agent train adds them); this grows a
+    central by hand, e.g. before devices that will train the new classes pull it.
+
+    Example: [bold]central labels add --model central-3.safetensors --label owl --label emu --out central-3b.safetensors[/]
+    """
+    from edge_agent.bundle import load_bundle, new_manifest, save_bundle
+
+    base = load_bundle(model)
+    known = [c for c in label if c in set(base.labels)]
+    if known:
+        raise ValueError(f"already in the label list: {', '.join(known)}")
+    grown = base.with_labels([*base.labels, *label])
+    m = base.manifest
+    manifest = new_manifest(grown.model, grown.labels, base.input_spec, trained_classes=m.trained_classes,
+                            parents=[base.id], method="labels", metrics=m.metrics,
+                            extra={**m.extra, "added_labels": list(label)})
+    bid = save_bundle(grown.model, manifest, out)
+    if as_json:
+        typer.echo(json.dumps({"id": bid, "out": str(out), "labels": grown.labels, "added_labels": list(label)}, indent=2))
+        return
+    typer.echo(f"wrote {out}: {len(grown.labels)} labels ({len(label)} added: {', '.join(label)}) id {bid}")
 
 
 @app.command()

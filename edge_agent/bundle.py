@@ -127,6 +127,25 @@ class Bundle:
     def input_spec(self) -> InputSpec:
         return self.manifest.input_spec
 
+    def with_labels(self, labels: list[str]) -> Bundle:
+        """This bundle in memory over ``labels`` (an extension of its own list): the head grows, old outputs unchanged.
+
+        The result keeps this bundle's id (where its weights came from) and has no path: it
+        is saved as a new bundle, whose parent is this one.
+        """
+        from dataclasses import replace
+
+        from edge_agent.compat import IncompatibleBundle, check_labels
+        from edge_agent.models import remap_head
+
+        if labels[: len(self.labels)] != self.labels:
+            raise BundleError("a label list can only grow: existing labels keep their place")
+        try:
+            check_labels(self.labels, labels)
+        except IncompatibleBundle as e:
+            raise BundleError(str(e)) from None
+        return Bundle(remap_head(self.model, self.labels, labels), replace(self.manifest, labels=list(labels)), self.id)
+
 
 def new_manifest(
     model: EdgeModel,

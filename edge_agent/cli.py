@@ -82,6 +82,8 @@ def train(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     m = r["metrics"]
     val = f", local validation accuracy {m['val_accuracy']:.3f} on {m['n_val']}" if "val_accuracy" in m else ""
+    if r["added_labels"]:
+        typer.echo(f"new classes the central did not know, added to the label list: {', '.join(r['added_labels'])}")
     typer.echo(f"wrote {out}: classes {', '.join(r['classes'])}{val}; id {r['id']}")
 
 

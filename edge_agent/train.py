@@ -149,6 +149,7 @@ def device_loss(
 def _fingerprint(bundle: Bundle, data: LabeledSet, cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     h.update(bundle.id.encode())
+    h.update("\n".join(bundle.labels).encode())  # a grown label list is another model
     h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
     h.update(data.x.numpy().tobytes())
     h.update("\n".join(data.labels).encode())
@@ -291,9 +292,13 @@ def train_bundle(
     :data:`DEVICE_BATCH_SIZE` for the bundle's input kind (what the device CLIs pass).
     """
     cfg = cfg or TrainConfig()
-    bundle = load_bundle(model_path)
+    bundle = parent = load_bundle(model_path)
     cfg = cfg.for_input(bundle.input_spec.kind)
     data = load_local_data(data_dir, bundle, split="train")
+    # Classes the central has never seen join the label list; their head rows start below every old class.
+    new_labels = [c for c in data.classes if c not in set(bundle.labels)]
+    if new_labels:
+        bundle = bundle.with_labels([*bundle.labels, *new_labels])
     out_path = Path(out_path)
     checkpoint = out_path.with_name(out_path.name + ".ckpt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,11 +308,12 @@ def train_bundle(
         bundle.labels,
         bundle.input_spec,
         trained_classes=data.classes,
-        parents=[bundle.id],
+        parents=[parent.id],
         method="train",
         metrics=metrics,
-        extra={"train": asdict(cfg), "base_version": bundle.manifest.extra.get("version")},
+        extra={"train": asdict(cfg), "base_version": parent.manifest.extra.get("version"),
+               **({"added_labels": new_labels} if new_labels else {})},
     )
     bid = save_bundle(model, manifest, out_path)
     checkpoint.unlink(missing_ok=True)
-    return {"id": bid, "out": str(out_path), "classes": data.classes, "metrics": metrics}
+    return {"id": bid, "out": str(out_path), "classes": data.classes, "added_labels": new_labels, "metrics": metrics}
