@@ -345,7 +345,9 @@ def test_outbox_is_delivered_once_after_the_server_comes_back(server, v1, work):
         assert len(list((home / "outbox").glob("*.safetensors"))) == 1
     finally:
         server.start()
-    r = agent(home, "sync")
+    r = agent(home, "sync")  # within the backoff after the failed try: kept, nothing sent
+    assert r.returncode == 75 and "tried again at" in r.stderr
+    r = agent(home, "sync", "--retry-now")
     assert r.returncode == 0, r.stderr
     assert "delivered" in r.stdout
     assert not list((home / "outbox").glob("*.safetensors"))

@@ -10,12 +10,17 @@ Routes, by who may call them:
 - admin (``Authorization: Bearer <admin token>``): ``/v1/admin/...``.
 
 Uploads are validated completely before anything is stored; a rejected upload
-leaves no blob and no row.
+leaves no blob and no row, and neither does one whose row could not be written.
+A locked database answers 503 with ``Retry-After``, a full disk 507: both are
+temporary, and the agent keeps the upload in its outbox.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
+import sqlite3
 import threading
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -25,6 +30,8 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from central.server.auth import (
@@ -34,7 +41,7 @@ from central.server.auth import (
     token_hash,
 )
 from central.server.kits import DEFAULT_FORMATS, KitWorker, load_builder, split_format
-from central.server.registry import Registry, RegistryError
+from central.server.registry import Kit, Registry, RegistryError, Upload, Version
 from central.server.signing import ReleaseSigner
 from central.server.uploads import validate_upload
 from edge_agent.bundle import BundleError, load_bundle_bytes
@@ -42,6 +49,11 @@ from edge_agent.client.trust import MODEL_FORMAT
 
 log = logging.getLogger("central.server")
 DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024
+# How long a write waits for a lock held by another process (a backup, the sqlite3 shell) before
+# the request is answered 503: well under a client's timeout, so the device retries instead of hanging.
+DB_BUSY_TIMEOUT_MS = 5000
+RETRY_AFTER_S = 5
+FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 @dataclass
@@ -91,6 +103,62 @@ class State:
         self.admin_hash = token_hash(load_or_create_admin_token(cfg.data_dir))
         self.kits = KitWorker(self.registry, self.signer, load_builder(cfg.kit_builder, cfg.calib_ood))
         self.metrics = Metrics()
+        # Striped by bundle id: storing a blob, writing its row and removing it again after a failed
+        # write happen under one lock, so a failing request never deletes a blob another one just referenced.
+        self.blob_locks = [threading.Lock() for _ in range(64)]
+        if self.registry.engine.dialect.name == "sqlite":
+            event.listen(self.registry.engine, "connect", _busy_timeout)
+            self.registry.engine.dispose()  # connections opened before the listener get the short timeout too
+
+    def blob_lock(self, sha: str) -> threading.Lock:
+        return self.blob_locks[int(sha[:8], 16) % len(self.blob_locks)]
+
+    def blob_referenced(self, sha: str) -> bool:
+        with self.registry.session() as s:
+            return any(
+                s.scalars(select(col).where(col == sha).limit(1)).first() is not None
+                for col in (Version.bundle_id, Upload.bundle_id, Kit.blob_id)
+            )
+
+    def store_then_write(self, sha: str, write):
+        """Run ``write()`` (stores blob ``sha``, then commits the row); remove the blob again if no row got to reference it."""
+        with self.blob_lock(sha):
+            existed = self.registry.store.exists(sha)
+            try:
+                return write()
+            except BaseException:
+                try:
+                    if not existed and not self.blob_referenced(sha):
+                        self.registry.store.delete(sha)
+                except Exception:  # noqa: BLE001 - the next start's recovery removes what is left
+                    log.warning("could not remove the unreferenced blob %s after a failed write", sha[:12])
+                raise
+
+
+def _busy_timeout(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={DB_BUSY_TIMEOUT_MS}")
+    cur.close()
+
+
+def _storage_error(e: BaseException) -> tuple[int, str] | None:
+    """``(status, message)`` for a temporary storage failure (locked database, full disk), else None."""
+    if isinstance(e, OperationalError) and not isinstance(e.orig, sqlite3.OperationalError):
+        # Another database's driver: per DB-API, an operational error is the server's state (a lost
+        # connection, a failover), not the request's fault.
+        return 503, "the registry database is unavailable: try again later"
+    if isinstance(e, OperationalError):
+        e = e.orig
+    if isinstance(e, sqlite3.OperationalError):
+        text = str(e).lower()
+        if "locked" in text or "busy" in text:
+            return 503, "the registry database is busy: try again later"
+        if "disk is full" in text or "readonly" in text:
+            return 507, "the registry has no room to store this: try again later"
+        return None
+    if isinstance(e, OSError) and e.errno in FULL_DISK_ERRNOS:
+        return 507, f"the registry cannot store this ({errno.errorcode.get(e.errno, e.errno)}): try again later"
+    return None
 
 
 def _error(status: int, message: str) -> HTTPException:
@@ -117,6 +185,19 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.central = st
+
+    async def storage_unavailable(request: Request, e: Exception):
+        answer = _storage_error(e)
+        if answer is None:
+            log.exception("internal error on %s %s", request.method, request.url.path, exc_info=e)
+            return JSONResponse({"detail": "internal error"}, status_code=500)
+        status, message = answer
+        log.warning("%s %s: %s (%s)", request.method, request.url.path, message, e)
+        return JSONResponse({"detail": message}, status_code=status, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    app.add_exception_handler(OperationalError, storage_unavailable)
+    app.add_exception_handler(sqlite3.OperationalError, storage_unavailable)
+    app.add_exception_handler(OSError, storage_unavailable)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -268,7 +349,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             bid, base = await run_in_threadpool(validate_upload, st.registry, data, base_version)
         except BundleError as e:
             raise reject("invalid_bundle", 422, f"rejected: {e}") from None
-        row, duplicate = await run_in_threadpool(st.registry.add_upload, device, data, bid, base)
+        row, duplicate = await run_in_threadpool(
+            st.store_then_write, bid, lambda: st.registry.add_upload(device, data, bid, base)
+        )
         if duplicate:
             st.metrics.count(st.metrics.uploads, "duplicate")
             return JSONResponse({"duplicate": True, "upload": row}, status_code=200)
@@ -297,10 +380,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         def sign(n: int, sha: str) -> tuple[dict, str]:
             return st.signer.sign("model", n, sha, MODEL_FORMAT)
 
+        sha = hashlib.sha256(data).hexdigest()
         try:
             v = await run_in_threadpool(
-                st.registry.publish, data, sign, list(st.cfg.kit_formats), uploads, expected_current,
-                "consolidate" if uploads else "publish",
+                st.store_then_write, sha, lambda: st.registry.publish(
+                    data, sign, list(st.cfg.kit_formats), uploads, expected_current,
+                    "consolidate" if uploads else "publish",
+                ),
             )
         except RegistryError as e:
             raise _error(e.status, str(e)) from None

@@ -15,11 +15,15 @@ from typing import Self
 
 import httpx
 
-RETRY_STATUS = {429, 502, 503, 504}
+# Temporary answers: the request may succeed later, so nothing is given up. RETRY_STATUS is retried
+# at once (with backoff); a full disk (507) will not clear in seconds, so it goes straight to the caller.
+RETRY_STATUS = {429, 500, 502, 503, 504}
+TEMPORARY_STATUS = RETRY_STATUS | {507}
+MAX_RETRY_AFTER = 30.0  # seconds: a longer Retry-After is capped (the outbox keeps the work for later anyway)
 
 
 class CentralUnreachable(ConnectionError):
-    """The central could not be reached (after retries): try again later (exit 75)."""
+    """The central could not be reached or answered only temporary errors (after retries): try again later (exit 75)."""
 
 
 class CentralError(RuntimeError):
@@ -28,6 +32,15 @@ class CentralError(RuntimeError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """The ``Retry-After`` delay in seconds (the integer form), capped at ``MAX_RETRY_AFTER``; None if absent."""
+    value = resp.headers.get("retry-after", "")
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+    except ValueError:
+        return None
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -43,8 +56,10 @@ def _detail(resp: httpx.Response) -> str:
 class CentralClient:
     """A small client for the central's API.
 
-    ``retries`` bounds the attempts for connection failures and 429/502/503/504
-    (sleep ``backoff * 2**i`` seconds with jitter, at most ``max_backoff``).
+    ``retries`` bounds the attempts for connection failures, timeouts and the
+    temporary answers of ``RETRY_STATUS`` (5xx, 429): sleep ``backoff * 2**i``
+    seconds with jitter, at most ``max_backoff``, or the server's ``Retry-After``
+    when it is longer (capped at ``MAX_RETRY_AFTER``).
     Every call is safe to retry: reads are reads and uploads are idempotent by
     bundle id on the server.
     """
@@ -83,21 +98,26 @@ class CentralClient:
 
     def request(self, method: str, path: str, ok: tuple[int, ...] = (200, 201, 206), **kw) -> httpx.Response:
         """Send with bounded retries; raises :class:`CentralUnreachable` or :class:`CentralError`."""
-        last: str = ""
+        last, state = "", "unreachable"
         for attempt in range(self.retries + 1):
+            wait = self._delay(attempt)
             try:
                 resp = self._http.request(method, path, **kw)
             except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}"
+                last, state = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}", "unreachable"
             else:
                 if resp.status_code in ok:
                     return resp
-                if resp.status_code not in RETRY_STATUS:
+                if resp.status_code not in TEMPORARY_STATUS:
                     raise CentralError(resp.status_code, _detail(resp))
-                last = f"HTTP {resp.status_code}: {_detail(resp)}"
+                last, state = f"HTTP {resp.status_code}: {_detail(resp)}", "unavailable"
+                if resp.status_code not in RETRY_STATUS:
+                    break
+                wait = max(wait, retry_after(resp) or 0.0)
             if attempt < self.retries:
-                self._sleep(self._delay(attempt))
-        raise CentralUnreachable(f"central {self.base_url} unreachable after {self.retries + 1} attempts ({last})")
+                self._sleep(wait)
+        n = attempt + 1
+        raise CentralUnreachable(f"central {self.base_url} {state} after {n} attempt{'s' if n > 1 else ''} ({last})")
 
     def get_json(self, path: str, **kw):
         return self.request("GET", path, **kw).json()
