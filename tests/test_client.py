@@ -164,9 +164,9 @@ class FakeCentral:
         data = tar_folder(folder)
         sha = hashlib.sha256(data).hexdigest()
         self.blobs[sha] = data
-        st, sig = self.signer.sign("kit", version, sha, "onnx-int8")
+        st, sig = self.signer.sign("kit", version, sha, "onnx-int8", len(data))
         self.kits[version] = {"status": "ready", "statement": st, "signature": sig, "blob_id": sha}
-        mst, msig = self.signer.sign("model", version, "a" * 64, "safetensors-bundle")
+        mst, msig = self.signer.sign("model", version, "a" * 64, "safetensors-bundle", 0)
         self.current = {"version": version, "statement": mst, "signature": msig}
 
     def transport(self) -> httpx.MockTransport:

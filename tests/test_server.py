@@ -294,7 +294,7 @@ def test_signed_releases_refuse_replay_and_forgery(server, v1, work):
     from central.server.signing import ReleaseSigner
 
     other = ReleaseSigner(work / "other-key")
-    st, sig = other.sign("model", 99, "0" * 64, "safetensors-bundle")
+    st, sig = other.sign("model", 99, "0" * 64, "safetensors-bundle", 1)
     with pytest.raises(TrustError, match="bad signature"):
         verify_release({"statement": st, "signature": sig}, enr.public_key, "model")
 

@@ -7,16 +7,24 @@ half-written; the agent's outbox keeps such an upload and delivers it later.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from test_server_support import ServerProc, agent, central, crafted_upload, enrol, make_central
+
+MAX_MB = 0.05  # 52 kB: the test bundles have 9 kB
+MAX_UPLOADS = 2
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +42,8 @@ def base(work) -> Path:
 @pytest.fixture(scope="module")
 def server(work, base):
     # No kits: a kit built in the background would change the blob counts the tests compare.
-    s = ServerProc(work / "central-data", args=["--kit-formats", ""])
+    s = ServerProc(work / "central-data", args=["--kit-formats", "", "--max-upload-mb", str(MAX_MB),
+                                                 "--max-concurrent-uploads", str(MAX_UPLOADS)])
     s.start()
     r = central(s, "publish", str(base), "--json")
     assert r.returncode == 0, r.stderr
@@ -146,3 +155,123 @@ def test_a_full_disk_keeps_the_upload_in_the_outbox_until_it_is_fixed(small_disk
     finally:
         s.stop()
         shutil.rmtree(small_disk / "blobs", ignore_errors=True)
+
+
+def test_uploads_beyond_the_size_cap_get_413_even_without_content_length(server, work, base):
+    home = work / "agent-big"
+    enrol(server, home, "big-pi")
+    cap = int(MAX_MB * 1024 * 1024)
+    blobs = blob_count(server.data_dir)
+    r = post_upload(server, home, b"\0" * (cap + 1))
+    assert r.status_code == 413 and str(cap) in r.json()["detail"]
+
+    def chunked():  # no Content-Length: the cap is enforced while streaming
+        for _ in range(cap // 4096 + 2):
+            yield b"\0" * 4096
+
+    r = httpx.post(server.url + "/v1/uploads", content=chunked(), timeout=60,
+                   headers={"Authorization": f"Bearer {device_token(home)}"})
+    assert r.status_code == 413
+    assert blob_count(server.data_dir) == blobs and not list((server.data_dir / "tmp").iterdir())
+
+
+def slow_upload(server: ServerProc, token: str) -> socket.socket:
+    """An upload whose body never finishes arriving: it holds one upload slot while the socket is open."""
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(f"POST /v1/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+              "Content-Type: application/octet-stream\r\nContent-Length: 40000\r\n\r\n".encode() + b"\0" * 100)
+    return s
+
+
+def test_concurrent_uploads_beyond_the_cap_get_503_with_retry_after(server, work, base):
+    home = work / "agent-many"
+    enrol(server, home, "many-pi")
+    token = device_token(home)
+    held = [slow_upload(server, token) for _ in range(MAX_UPLOADS)]
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # the slow uploads take their slots once the server has read their headers
+            r = post_upload(server, home, crafted_upload(base, seed=13))
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) > 0 and "in progress" in r.json()["detail"]
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 20
+    while (r := post_upload(server, home, crafted_upload(base, seed=13))).status_code == 503:
+        assert time.monotonic() < deadline, "closed uploads never gave their slots back"
+        time.sleep(0.2)
+    assert r.status_code == 201, r.text
+
+
+def test_statements_carry_size_and_expiry_and_old_ones_are_refused(server, work, base):
+    from central.server.signing import ReleaseSigner
+    from edge_agent.client.trust import Statement, TrustError, b64, verify_release
+
+    home = work / "agent-trust"
+    enrol(server, home, "trust-pi")
+    pinned = json.loads((home / "enrollment.json").read_text())["public_key"]
+    r = httpx.get(server.url + "/v1/versions/current", headers={"Authorization": f"Bearer {device_token(home)}"})
+    release = r.json()
+    st = verify_release(release, pinned, "model")
+    assert st.size == base.stat().st_size == release["size"]
+    left = datetime.fromisoformat(st.expires_at) - datetime.now(UTC)
+    assert timedelta(days=29) < left <= timedelta(days=30)
+    # Signed afresh when served: a statement seen later expires later.
+    time.sleep(1.1)
+    again = httpx.get(server.url + "/v1/versions/current", headers={"Authorization": f"Bearer {device_token(home)}"})
+    assert verify_release(again.json(), pinned, "model").expires_at > st.expires_at
+    # Past its expiry, a captured statement is refused.
+    with pytest.raises(TrustError, match="expired"):
+        verify_release(release, pinned, "model", now=datetime.now(UTC) + timedelta(days=31))
+    # A statement of an older central (no size, no expiry), even signed by the pinned key, is refused.
+    old = {k: release["statement"][k] for k in ("kind", "version", "sha256", "format", "created_at")}
+    key = ReleaseSigner(server.data_dir)._key
+    canonical = json.dumps(old, sort_keys=True, separators=(",", ":")).encode()
+    with pytest.raises(TrustError, match="upgrade the server"):
+        verify_release({"statement": old, "signature": b64(key.sign(canonical))}, pinned, "model")
+    # A size other than the signed one breaks the signature.
+    forged = {**release["statement"], "size": st.size + 1}
+    with pytest.raises(TrustError, match="bad signature"):
+        verify_release({"statement": forged, "signature": release["signature"]}, pinned, "model")
+    assert Statement.from_dict(release["statement"]) == st
+
+
+class EndlessMirror(http.server.BaseHTTPRequestHandler):
+    """A hostile mirror: answers every blob request with bytes that never end."""
+
+    sent = 0
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        try:
+            while EndlessMirror.sent < 256 * 1024 * 1024:
+                self.wfile.write(b"\0" * 65536)
+                EndlessMirror.sent += 65536
+        except OSError:
+            pass  # the client hung up: what a capped download does
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_download_stops_as_soon_as_more_than_the_signed_length_arrives(tmp_path):
+    from edge_agent.client.http import CentralClient, CentralError
+
+    mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EndlessMirror)
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    try:
+        dest = tmp_path / "model.safetensors"
+        with CentralClient(f"http://127.0.0.1:{mirror.server_address[1]}", retries=0) as c:
+            with pytest.raises(CentralError, match="more than the 100000 bytes"):
+                c.download("a" * 64, dest, "a" * 64, size=100_000)
+        time.sleep(0.5)
+        assert EndlessMirror.sent < 16 * 1024 * 1024  # stopped early, not after the mirror gave up
+        assert not dest.exists() and not list(tmp_path.iterdir())
+    finally:
+        mirror.shutdown()

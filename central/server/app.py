@@ -21,6 +21,7 @@ import errno
 import hashlib
 import logging
 import sqlite3
+import tempfile
 import threading
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -42,13 +43,14 @@ from central.server.auth import (
 )
 from central.server.kits import DEFAULT_FORMATS, KitWorker, load_builder, split_format
 from central.server.registry import Kit, Registry, RegistryError, Upload, Version
-from central.server.signing import ReleaseSigner
+from central.server.signing import DEFAULT_TTL_DAYS, ReleaseSigner
 from central.server.uploads import validate_upload
 from edge_agent.bundle import BundleError, load_bundle_bytes
 from edge_agent.client.trust import MODEL_FORMAT
 
 log = logging.getLogger("central.server")
-DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024
+DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024  # the largest bundles of the model zoo are a few MB
+DEFAULT_MAX_CONCURRENT_UPLOADS = 4  # each holds up to the upload cap in memory while it is validated
 # How long a write waits for a lock held by another process (a backup, the sqlite3 shell) before
 # the request is answered 503: well under a client's timeout, so the device retries instead of hanging.
 DB_BUSY_TIMEOUT_MS = 5000
@@ -63,6 +65,8 @@ class ServerConfig:
     data_dir: Path
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     kit_formats: tuple[str, ...] = DEFAULT_FORMATS
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
+    statement_ttl_days: float = DEFAULT_TTL_DAYS
     kit_builder: str | None = None  # "module:function"; None = export.kit
     calib_ood: str | None = None  # int8 calibration source for kits; None = the bundled OOD photo / clip
 
@@ -99,7 +103,10 @@ class State:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(cfg.data_dir)
         self.recovery = self.registry.recover()
-        self.signer = ReleaseSigner(cfg.data_dir)
+        if cfg.max_upload_bytes < 1 or cfg.max_concurrent_uploads < 1:
+            raise ValueError("the upload size cap and the concurrent upload cap must be at least 1")
+        self.signer = ReleaseSigner(cfg.data_dir, cfg.statement_ttl_days)
+        self.upload_slots = threading.BoundedSemaphore(cfg.max_concurrent_uploads)
         self.admin_hash = token_hash(load_or_create_admin_token(cfg.data_dir))
         self.kits = KitWorker(self.registry, self.signer, load_builder(cfg.kit_builder, cfg.calib_ood))
         self.metrics = Metrics()
@@ -109,6 +116,21 @@ class State:
         if self.registry.engine.dialect.name == "sqlite":
             event.listen(self.registry.engine, "connect", _busy_timeout)
             self.registry.engine.dispose()  # connections opened before the listener get the short timeout too
+
+    def signed_version(self, row: dict) -> dict:
+        """A version row with a statement signed now (fresh ``expires_at``), so devices never see an expired one."""
+        statement, signature = self.signer.sign("model", row["version"], row["bundle_id"], MODEL_FORMAT, row["size"],
+                                                created_at=row["created_at"])
+        return {**row, "statement": statement, "signature": signature}
+
+    def signed_kit(self, row: dict) -> dict:
+        """A kit row, re-signed like :meth:`signed_version` once the kit is ready."""
+        if row.get("status") != "ready" or not row.get("blob_id") or row.get("size") is None:
+            return row
+        created = (row.get("statement") or {}).get("created_at") or row["created_at"]
+        statement, signature = self.signer.sign("kit", row["version"], row["blob_id"], row["format"], row["size"],
+                                                created_at=created)
+        return {**row, "statement": statement, "signature": signature}
 
     def blob_lock(self, sha: str) -> threading.Lock:
         return self.blob_locks[int(sha[:8], 16) % len(self.blob_locks)]
@@ -273,25 +295,25 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         cur = st.registry.current_version()
         if cur is None:
             raise _error(404, "no central version published yet")
-        return cur
+        return st.signed_version(cur)
 
     @app.get("/v1/versions/{version}")
     def version(version: int, _who: str = Depends(require_reader)) -> dict:
         v = st.registry.get_version(version)
         if v is None:
             raise _error(404, f"no version {version}")
-        return v
+        return st.signed_version(v)
 
     @app.get("/v1/kits/{version}/{fmt}")
     def kit(version: int, fmt: str, _who: str = Depends(require_reader)) -> dict:
         k = st.registry.get_kit(version, fmt)
         if k is None:
             raise _error(404, f"no {fmt} kit for version {version}")
-        return k
+        return st.signed_kit(k)
 
     @app.get("/v1/versions/{version}/kits")
     def kits(version: int, _who: str = Depends(require_reader)) -> list[dict]:
-        return st.registry.list_kits(version)
+        return [st.signed_kit(k) for k in st.registry.list_kits(version)]
 
     @app.get("/v1/blobs/{blob_id}")
     def blob(blob_id: str, who: str = Depends(require_reader)):
@@ -308,7 +330,11 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     # -- devices: upload ----------------------------------------------------
     async def read_capped(request: Request) -> bytes:
-        """The request body, refusing (413) as soon as it is known to exceed the cap."""
+        """The request body, refusing (413) as soon as it is known to exceed the cap.
+
+        Chunks are spooled to an anonymous temp file next to the blobs and read back
+        once: one copy of the body in memory, never a list of chunks plus their join.
+        """
         cap = st.cfg.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -318,13 +344,15 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 raise _error(400, "bad Content-Length") from None
             if n > cap:
                 raise _error(413, f"upload of {n} bytes exceeds the {cap}-byte limit")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise _error(413, f"upload exceeds the {cap}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        size = 0
+        with tempfile.TemporaryFile(dir=st.registry.store.tmp) as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise _error(413, f"upload exceeds the {cap}-byte limit")
+                f.write(chunk)
+            f.seek(0)
+            return f.read()
 
     def reject(reason: str, status: int, message: str) -> HTTPException:
         st.metrics.count(st.metrics.uploads, "rejected")
@@ -338,6 +366,16 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         device: str = Depends(require_device),
     ):
         """Queue a fine-tuned bundle (raw bytes). 201 when stored, 200 when already stored."""
+        if not st.upload_slots.acquire(blocking=False):
+            st.metrics.count(st.metrics.uploads, "busy")
+            raise HTTPException(503, f"{st.cfg.max_concurrent_uploads} uploads are in progress: try again later",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            return await receive_upload(request, base_version, device)
+        finally:
+            st.upload_slots.release()
+
+    async def receive_upload(request: Request, base_version: int | None, device: str) -> JSONResponse:
         try:
             data = await read_capped(request)
         except HTTPException as e:
@@ -378,7 +416,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise _error(400, "consolidates must be comma-separated upload ids") from None
 
         def sign(n: int, sha: str) -> tuple[dict, str]:
-            return st.signer.sign("model", n, sha, MODEL_FORMAT)
+            return st.signer.sign("model", n, sha, MODEL_FORMAT, len(data))
 
         sha = hashlib.sha256(data).hexdigest()
         try:

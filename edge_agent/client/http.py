@@ -133,18 +133,45 @@ class CentralClient:
         body = resp.json()
         return body["upload"], bool(body.get("duplicate"))
 
-    def download(self, blob_id: str, dest: str | os.PathLike, sha256: str, chunk: int = 1 << 16) -> Path:
+    def download(
+        self, blob_id: str, dest: str | os.PathLike, sha256: str, size: int | None = None, chunk: int = 1 << 16
+    ) -> Path:
         """Fetch blob ``blob_id`` to ``dest``, resuming ``dest.part`` with HTTP Range.
 
-        The bytes must hash to ``sha256`` (from a verified signed statement);
-        otherwise the partial file is deleted and :class:`CentralError` raised.
-        ``dest`` appears only when complete and verified (rename).
+        The bytes must hash to ``sha256`` and, with ``size`` (both from a verified
+        signed statement), be exactly ``size`` long: the download stops as soon as
+        more arrive, so a hostile mirror cannot fill the disk. On a mismatch the
+        partial file is deleted and :class:`CentralError` raised; on a full disk
+        too (an ``OSError`` naming the file). ``dest`` appears only when complete
+        and verified (rename).
         """
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
         dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            h, have = self._fetch(blob_id, part, size, chunk)
+        except OSError as e:
+            if isinstance(e, CentralUnreachable):
+                raise
+            part.unlink(missing_ok=True)
+            raise OSError(f"cannot write the download of {blob_id[:12]} to {part.parent}: {e.strerror or e}") from None
+        got = h.hexdigest()
+        if size is not None and have != size:
+            part.unlink(missing_ok=True)
+            raise CentralError(0, f"download {blob_id[:12]}… has {have} bytes, its signed statement says {size}")
+        if got != sha256:
+            part.unlink(missing_ok=True)
+            raise CentralError(0, f"download {blob_id[:12]}… does not match its signed sha256 (got {got[:12]}…)")
+        os.replace(part, dest)
+        return dest
+
+    def _fetch(self, blob_id: str, part: Path, size: int | None, chunk: int):
+        """Stream the blob into ``part`` with retries; returns ``(running sha256, bytes in part)``."""
         for attempt in range(self.retries + 1):
             have = part.stat().st_size if part.exists() else 0
+            if size is not None and have > size:
+                part.unlink(missing_ok=True)
+                have = 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 with self._http.stream("GET", f"/v1/blobs/{blob_id}", headers=headers) as resp:
@@ -156,30 +183,34 @@ class CentralClient:
                             raise httpx.TransportError(f"HTTP {resp.status_code}")
                         resp.read()
                         raise CentralError(resp.status_code, _detail(resp))
-                    mode = "ab" if resp.status_code == 206 else "wb"  # 200: the server ignored Range
-                    with part.open(mode) as f:
+                    resumed = resp.status_code == 206  # 200: the server ignored Range
+                    h = _sha256_file(part) if resumed and have else hashlib.sha256()
+                    n = have if resumed else 0
+                    with part.open("ab" if resumed else "wb") as f:
                         for data in resp.iter_bytes(chunk):
+                            n += len(data)
+                            if size is not None and n > size:
+                                f.close()
+                                part.unlink(missing_ok=True)
+                                raise CentralError(
+                                    0, f"download {blob_id[:12]}… sends more than the {size} bytes its signed statement says"
+                                )
+                            h.update(data)
                             f.write(data)
                         f.flush()
                         os.fsync(f.fileno())
-                break
+                return h, n
             except httpx.TransportError as e:
                 if attempt >= self.retries:
                     raise CentralUnreachable(f"download of {blob_id[:12]} interrupted: {e}") from None
                 self._sleep(self._delay(attempt))
-        else:
-            raise CentralUnreachable(f"download of {blob_id[:12]} did not complete after {self.retries + 1} attempts")
-        got = _sha256_file(part)
-        if got != sha256:
-            part.unlink(missing_ok=True)
-            raise CentralError(0, f"download {blob_id[:12]}… does not match its signed sha256 (got {got[:12]}…)")
-        os.replace(part, dest)
-        return dest
+        raise CentralUnreachable(f"download of {blob_id[:12]} did not complete after {self.retries + 1} attempts")
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: Path):
+    """A sha256 object fed with the bytes of ``path`` (to continue a resumed download's hash)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return h

@@ -131,7 +131,7 @@ def install_kit(
     if st.version == installed_version and active_kit(home, fmt) == target.resolve():
         return Installed(fmt, st.version, target, updated=False, smoke={})
     tar_path = home.downloads / f"kit-{st.sha256}.tar"
-    client.download(st.sha256, tar_path, st.sha256)
+    client.download(st.sha256, tar_path, st.sha256, size=st.size)
     staging = fdir / f".staging-v{st.version}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
