@@ -59,13 +59,27 @@ def register_model(name: str) -> Callable:
 def create_model(name: str, num_classes: int, **cfg) -> EdgeModel:
     """Build a registered model; ``cfg`` is the architecture config (e.g. ``in_chans``)."""
     try:
-        factory = _REGISTRY[name]
+        factory = _REGISTRY[name] if isinstance(name, str) else None
+        if factory is None:
+            raise KeyError(name)
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise UnknownArchitectureError(f"unknown architecture {name!r} (known: {known})") from None
     model = factory(num_classes=num_classes, **cfg)
     model.arch = name
     return model
+
+
+def check_sizes(arch: str, **sizes) -> None:
+    """Every size an integer within ``[low, 2**20]`` (``low`` is 1, or 0 for ``blocks``); ValueError naming it.
+
+    Configs come from files (a bundle's manifest): a float, a bool, a string or an
+    absurd size must fail here with a message, not deep inside torch.
+    """
+    for key, value in sizes.items():
+        low = 0 if key == "blocks" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 2**20:
+            raise ValueError(f"{arch} needs an integer {key} in [{low}, {2**20}], not {value!r:.40}")
 
 
 def list_models() -> list[str]:
