@@ -275,3 +275,68 @@ def test_a_download_stops_as_soon_as_more_than_the_signed_length_arrives(tmp_pat
         assert not dest.exists() and not list(tmp_path.iterdir())
     finally:
         mirror.shutdown()
+
+
+def test_integers_beyond_64_bits_are_client_errors_not_500(server, work, base):
+    home = work / "agent-ints"
+    enrol(server, home, "ints-pi")
+    huge = str(2**64)
+    device = {"Authorization": f"Bearer {device_token(home)}"}
+    with server.admin() as admin:
+        for client, method, url in [
+            (None, "GET", f"/v1/versions/{huge}"),
+            (None, "GET", f"/v1/versions/{2**63}/kits"),
+            (None, "GET", f"/v1/kits/{huge}/onnx-int8"),
+            (admin, "GET", f"/v1/admin/uploads/{huge}/blob"),
+            (admin, "POST", f"/v1/admin/kits/{huge}/onnx-int8/rebuild"),
+            (admin, "POST", f"/v1/admin/versions?consolidates={huge}"),
+            (admin, "POST", f"/v1/admin/versions?expected_current={huge}"),
+            (None, "POST", f"/v1/uploads?base_version={huge}"),
+            (None, "GET", f"/v1/versions/-{huge}"),
+        ]:
+            if client is None:
+                r = httpx.request(method, server.url + url, headers=device, content=base.read_bytes(), timeout=30)
+            else:
+                r = client.request(method, url, content=base.read_bytes())
+            assert r.status_code in (404, 422), (url, r.status_code, r.text)
+        # The largest id SQLite holds is simply not there.
+        assert admin.get(f"/v1/admin/uploads/{2**63 - 1}/blob").status_code == 404
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def ascii_json(obj) -> bytes:
+    """JSON with lone surrogates escaped (\\ud800), as a hostile client can send; httpx's json= cannot encode them."""
+    return json.dumps(obj).encode()
+
+
+def test_names_and_tokens_with_a_newline_or_a_lone_surrogate_are_refused(server, work):
+    with server.admin() as admin:
+        for name in ("pi\n", "pi\r\n", "\ud800", "pi\ud800"):
+            r = admin.post("/v1/admin/devices", content=ascii_json({"name": name}), headers=JSON)
+            assert r.status_code == 422, (name, r.status_code, r.text)
+        assert not any(d["device"].startswith("pi") for d in admin.get("/v1/admin/devices").json())
+        token = admin.post("/v1/admin/devices", json={"name": "newline-pi"}).json()["token"]
+    for bad in (token + "\n", "\ud800", token[:-1] + "\udfff"):
+        r = httpx.post(server.url + "/v1/enroll", content=ascii_json({"token": bad}), headers=JSON, timeout=30)
+        assert r.status_code in (401, 422), (bad, r.status_code, r.text)
+    assert httpx.post(server.url + "/v1/enroll", json={"token": token}, timeout=30).status_code == 200
+
+
+def test_edge_agent_upload_of_a_hostile_file_prints_one_line(server, work, base):
+    home = work / "agent-hostile"
+    enrol(server, home, "hostile-pi")
+    header_len = int.from_bytes(base.read_bytes()[:8], "little")
+    header = json.loads(base.read_bytes()[8 : 8 + header_len])
+    first = next(k for k in header if k != "__metadata__")
+    header[first]["data_offsets"] = None
+    raw = json.dumps(header).encode()
+    hostile = work / "hostile.safetensors"
+    hostile.write_bytes(len(raw).to_bytes(8, "little") + raw + base.read_bytes()[8 + header_len :])
+    r = agent(home, "upload", str(hostile))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip().count("\n") == 0 and "data_offsets" in r.stderr and "Traceback" not in r.stderr
+    r = agent(home, "upload", str(base), "--base-version", str(2**64))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "base-version" in r.stderr
+    assert not list((home / "outbox").rglob("*.safetensors"))  # a bad option queues nothing

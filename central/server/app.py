@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
+import re
 import sqlite3
 import tempfile
 import threading
@@ -27,16 +29,20 @@ from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, field_validator
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from central.server.auth import (
     bearer,
+    check_device_name,
     load_or_create_admin_token,
     same_token,
     token_hash,
@@ -85,12 +91,33 @@ class Metrics:
             counter[key] += 1
 
 
+# SQLite integers are signed 64-bit: a larger id in a URL is a client error (422), never an overflow (500).
+DB_INT_MAX = 2**63 - 1
+VersionNo = Annotated[int, PathParam(ge=0, le=DB_INT_MAX, description="central version")]
+UploadNo = Annotated[int, PathParam(ge=0, le=DB_INT_MAX, description="upload id")]
+BLOB_ID = re.compile(r"[0-9a-f]{64}")
+
+
 class EnrollRequest(BaseModel):
     token: str
+
+    @field_validator("token")
+    @classmethod
+    def _utf8(cls, v: str) -> str:
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the token is not valid UTF-8 text") from None
+        return v
 
 
 class DeviceRequest(BaseModel):
     name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_device_name(v)
 
 
 class State:
@@ -217,6 +244,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         log.warning("%s %s: %s (%s)", request.method, request.url.path, message, e)
         return JSONResponse({"detail": message}, status_code=status, headers={"Retry-After": str(RETRY_AFTER_S)})
 
+    async def invalid_request(_request: Request, e: RequestValidationError) -> Response:
+        # ASCII JSON: a lone surrogate in the input must not turn the 422 into a 500 while encoding it.
+        detail = [{"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+                  for err in e.errors()]
+        return Response(json.dumps({"detail": detail}, ensure_ascii=True), status_code=422, media_type="application/json")
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(OperationalError, storage_unavailable)
     app.add_exception_handler(sqlite3.OperationalError, storage_unavailable)
     app.add_exception_handler(OSError, storage_unavailable)
@@ -298,26 +332,28 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return st.signed_version(cur)
 
     @app.get("/v1/versions/{version}")
-    def version(version: int, _who: str = Depends(require_reader)) -> dict:
+    def version(version: VersionNo, _who: str = Depends(require_reader)) -> dict:
         v = st.registry.get_version(version)
         if v is None:
             raise _error(404, f"no version {version}")
         return st.signed_version(v)
 
     @app.get("/v1/kits/{version}/{fmt}")
-    def kit(version: int, fmt: str, _who: str = Depends(require_reader)) -> dict:
+    def kit(version: VersionNo, fmt: str, _who: str = Depends(require_reader)) -> dict:
         k = st.registry.get_kit(version, fmt)
         if k is None:
             raise _error(404, f"no {fmt} kit for version {version}")
         return st.signed_kit(k)
 
     @app.get("/v1/versions/{version}/kits")
-    def kits(version: int, _who: str = Depends(require_reader)) -> list[dict]:
+    def kits(version: VersionNo, _who: str = Depends(require_reader)) -> list[dict]:
         return [st.signed_kit(k) for k in st.registry.list_kits(version)]
 
     @app.get("/v1/blobs/{blob_id}")
     def blob(blob_id: str, who: str = Depends(require_reader)):
         """A published model or kit, by sha256; supports ``Range`` for resumed downloads."""
+        if not BLOB_ID.fullmatch(blob_id):
+            raise _error(400, "blob ids are 64 lowercase hex digits")
         try:
             path = st.registry.store.path(blob_id)
         except RegistryError as e:
@@ -362,7 +398,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.post("/v1/uploads", status_code=201)
     async def upload(
         request: Request,
-        base_version: int | None = Query(default=None, description="central version the model was pulled from"),
+        base_version: int | None = Query(
+            default=None, ge=0, le=DB_INT_MAX, description="central version the model was pulled from"
+        ),
         device: str = Depends(require_device),
     ):
         """Queue a fine-tuned bundle (raw bytes). 201 when stored, 200 when already stored."""
@@ -403,7 +441,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     async def publish(
         request: Request,
         consolidates: str = Query(default="", description="comma-separated upload ids this version consumes"),
-        expected_current: int | None = Query(default=None),
+        expected_current: int | None = Query(
+            default=None, ge=0, le=DB_INT_MAX, description="refuse (409) unless this is still the current version"
+        ),
     ) -> dict:
         """Publish a bundle as the next central version, then build its kits in the background."""
         data = await read_capped(request)
@@ -414,6 +454,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise _error(422, f"rejected: {e}") from None
         except ValueError:
             raise _error(400, "consolidates must be comma-separated upload ids") from None
+        if not all(0 <= u <= DB_INT_MAX for u in uploads):
+            raise _error(422, f"upload ids are between 0 and {DB_INT_MAX}")
 
         def sign(n: int, sha: str) -> tuple[dict, str]:
             return st.signer.sign("model", n, sha, MODEL_FORMAT, len(data))
@@ -455,7 +497,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return st.registry.queue(None if status == "all" else status)
 
     @app.get("/v1/admin/uploads/{upload_id}/blob", dependencies=admin)
-    def upload_blob(upload_id: int):
+    def upload_blob(upload_id: UploadNo):
         u = st.registry.get_upload(upload_id)
         if u is None:
             raise _error(404, f"no upload {upload_id}")
@@ -466,7 +508,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return st.registry.list_kits()
 
     @app.post("/v1/admin/kits/{version}/{fmt}/rebuild", dependencies=admin)
-    def rebuild_kit(version: int, fmt: str) -> dict:
+    def rebuild_kit(version: VersionNo, fmt: str) -> dict:
         try:
             split_format(fmt)
         except ValueError as e:

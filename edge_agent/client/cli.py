@@ -114,7 +114,9 @@ def register(app: typer.Typer) -> None:
     @friendly
     def upload(
         file: Annotated[Path, typer.Argument(help="a bundle this device fine-tuned")],
-        base_version: int = typer.Option(None, help="central version it was fine-tuned from (default: from its manifest)"),
+        base_version: int = typer.Option(
+            None, min=0, max=2**63 - 1, help="central version it was fine-tuned from (default: from its manifest)"
+        ),
     ) -> None:
         """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox).
 

@@ -49,6 +49,9 @@ def _detail(resp: httpx.Response) -> str:
         detail = body.get("detail", body) if isinstance(body, dict) else body
     except ValueError:
         detail = resp.text
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        # FastAPI's 422: [{"loc": ["query", "base_version"], "msg": ...}, ...] -> "query.base_version: ..."
+        detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}" for d in detail)
     text = detail if isinstance(detail, str) else str(detail)
     return (text.splitlines() or [f"HTTP {resp.status_code}"])[0][:300]
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 KINDS = ("model", "kit")
 MODEL_FORMAT = "safetensors-bundle"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch: "$" would accept a trailing newline
 
 
 class TrustError(ValueError):
@@ -65,7 +65,7 @@ class Statement:
             raise TrustError(f"release statement has unknown kind {st.kind!r}")
         if not isinstance(st.version, int) or isinstance(st.version, bool) or st.version < 1:
             raise TrustError(f"release statement has a bad version {st.version!r}")
-        if not isinstance(st.sha256, str) or not _SHA256.match(st.sha256):
+        if not isinstance(st.sha256, str) or not _SHA256.fullmatch(st.sha256):
             raise TrustError("release statement has a malformed sha256")
         if not isinstance(st.format, str) or not isinstance(st.created_at, str):
             raise TrustError("release statement has a malformed format or created_at")
