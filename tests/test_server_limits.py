@@ -340,3 +340,23 @@ def test_edge_agent_upload_of_a_hostile_file_prints_one_line(server, work, base)
     r = agent(home, "upload", str(base), "--base-version", str(2**64))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "base-version" in r.stderr
     assert not list((home / "outbox").rglob("*.safetensors"))  # a bad option queues nothing
+
+
+def series(server: ServerProc) -> set[str]:
+    """The label sets of the request counters /metrics reports now."""
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("central_http_requests_total{")}
+
+
+def test_metrics_labels_stay_bounded_whatever_clients_send(server):
+    before = series(server)
+    for i in range(30):
+        httpx.request(f"BREW{i}", server.url + f"/v1/versions/{i}", timeout=30)
+        httpx.get(server.url + f"/no/such/path/{i}", timeout=30)
+        httpx.get(server.url + f"/v1/versions/{i}", timeout=30)  # 401: no token, one route template
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+    assert "BREW" not in text and 'method="other"' in text
+    assert "/no/such" not in text and 'route="unmatched"' in text
+    assert 'route="/v1/versions/{version}",status="401"' in text and "/v1/versions/7" not in text
+    # 90 requests with 30 methods and 60 paths: at most three new label sets (and /metrics itself).
+    assert len(series(server) - before) <= 4

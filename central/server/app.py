@@ -61,6 +61,7 @@ DEFAULT_MAX_CONCURRENT_UPLOADS = 4  # each holds up to the upload cap in memory 
 # the request is answered 503: well under a client's timeout, so the device retries instead of hanging.
 DB_BUSY_TIMEOUT_MS = 5000
 RETRY_AFTER_S = 5
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
@@ -259,9 +260,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     async def count_requests(request: Request, call_next):
         response = await call_next(request)
         route = request.scope.get("route")
-        # Route templates, not raw paths: bounded label cardinality whatever clients send.
+        # Route templates, not raw paths, and known methods only: bounded label cardinality whatever clients send.
         path = getattr(route, "path", "unmatched")
-        st.metrics.count(st.metrics.requests, (request.method, path, response.status_code))
+        method = request.method if request.method in HTTP_METHODS else "other"
+        st.metrics.count(st.metrics.requests, (method, path, response.status_code))
         return response
 
     # -- auth -------------------------------------------------------------
