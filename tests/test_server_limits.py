@@ -89,9 +89,9 @@ def test_a_locked_database_answers_503_with_retry_after_and_leaves_no_blob(serve
 
 
 @pytest.fixture
-def small_disk(work):
+def small_disk(tmp_path):
     """A 3 MB tmpfs to be filled up (needs root, as CI runs)."""
-    mnt = work / "small-disk"
+    mnt = tmp_path / "small-disk"
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
@@ -360,3 +360,52 @@ def test_metrics_labels_stay_bounded_whatever_clients_send(server):
     assert 'route="/v1/versions/{version}",status="401"' in text and "/v1/versions/7" not in text
     # 90 requests with 30 methods and 60 paths: at most three new label sets (and /metrics itself).
     assert len(series(server) - before) <= 4
+
+
+def test_a_duplicate_from_another_device_does_not_reveal_the_first_uploader(server, work, base):
+    first, second = work / "agent-first", work / "agent-second"
+    enrol(server, first, "first-pi")
+    enrol(server, second, "second-pi")
+    data = crafted_upload(base, seed=14)
+    r = post_upload(server, first, data)
+    assert r.status_code == 201 and r.json()["upload"]["device"] == "first-pi"
+    r = post_upload(server, second, data)
+    assert r.status_code == 409, r.text
+    assert "first-pi" not in r.text and "another device" in r.json()["detail"]
+    r = post_upload(server, first, data)  # the same device again: its own row
+    assert r.status_code == 200 and r.json()["upload"]["device"] == "first-pi"
+    # The second device's outbox counts the 409 as delivered.
+    bundle = work / "dup.safetensors"
+    bundle.write_bytes(data)
+    r = agent(second, "upload", str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert "already stored" in r.stdout and not list((second / "outbox").rglob("*.safetensors"))
+
+
+def test_a_full_disk_on_the_device_during_pull_gives_one_line_and_no_part_file(server, small_disk, base):
+    home = small_disk / "agent"
+    enrol(server, home, "tiny-pi")
+    filler = fill(small_disk)
+    try:
+        r = agent(home, "pull")
+        assert r.returncode == 2, (r.returncode, r.stderr)
+        assert r.stderr.strip().count("\n") == 0 and "No space left" in r.stderr, r.stderr
+        assert not list(home.rglob("*.part")) and not (home / "models" / "v1.safetensors").exists()
+    finally:
+        filler.unlink()
+    r = agent(home, "pull")
+    assert r.returncode == 0, r.stderr
+    assert (home / "models" / "v1.safetensors").read_bytes() == base.read_bytes()
+
+
+def test_the_openapi_spec_documents_the_error_answers(server):
+    spec = httpx.get(server.url + "/openapi.json", timeout=30).json()
+    upload = spec["paths"]["/v1/uploads"]["post"]["responses"]
+    assert {"200", "201", "401", "409", "413", "422", "503", "507"} <= set(upload)
+    assert upload["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
+    blob = spec["paths"]["/v1/blobs/{blob_id}"]["get"]["responses"]
+    assert {"200", "206", "400", "401", "404"} <= set(blob)
+    publish = spec["paths"]["/v1/admin/versions"]["post"]["responses"]
+    assert {"400", "401", "409", "413", "422", "503"} <= set(publish)
+    version = spec["paths"]["/v1/versions/{version}"]["get"]
+    assert version["parameters"][0]["schema"]["maximum"] == 2**63 - 1

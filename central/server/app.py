@@ -99,6 +99,40 @@ UploadNo = Annotated[int, PathParam(ge=0, le=DB_INT_MAX, description="upload id"
 BLOB_ID = re.compile(r"[0-9a-f]{64}")
 
 
+class ValidationItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """Every error answer: a one-line ``detail``, or for malformed requests (422) a list of what is wrong."""
+
+    detail: str | list[ValidationItem]
+
+
+_WHY = {
+    400: "malformed request (bad id, Content-Length, format or list)",
+    401: "missing, unknown or revoked token",
+    404: "no such version, kit, upload, device or blob",
+    409: "conflict: already exists, already stored by another device, or not the current version any more",
+    413: "upload larger than --max-upload-mb",
+    422: "invalid input: a rejected bundle (one-line reason) or malformed parameters (a list)",
+    503: "busy: too many uploads at once or the database is locked; see Retry-After",
+    507: "the registry's disk is full; see Retry-After",
+}
+
+
+def answers(*codes: int) -> dict:
+    """OpenAPI ``responses=`` for the error answers a route gives."""
+    return {c: {"model": Problem, "description": _WHY[c]} for c in codes}
+
+
+BYTES = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+READ = answers(401, 404, 422)
+WRITE = (503, 507)
+
+
 class EnrollRequest(BaseModel):
     token: str
 
@@ -314,7 +348,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         lines.append(f"central_current_version {cur['version'] if cur else 0}")
         return "\n".join(lines) + "\n"
 
-    @app.post("/v1/enroll")
+    @app.post("/v1/enroll", responses=answers(401, 422, *WRITE))
     def enroll(req: EnrollRequest) -> dict:
         """Trade a one-time enrolment token for a device token and the central's public key."""
         try:
@@ -326,32 +360,33 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 "key_type": "ed25519", "current_version": cur["version"] if cur else None}
 
     # -- devices: reads -----------------------------------------------------
-    @app.get("/v1/versions/current")
+    @app.get("/v1/versions/current", responses=answers(401, 404))
     def current(_who: str = Depends(require_reader)) -> dict:
         cur = st.registry.current_version()
         if cur is None:
             raise _error(404, "no central version published yet")
         return st.signed_version(cur)
 
-    @app.get("/v1/versions/{version}")
+    @app.get("/v1/versions/{version}", responses=READ)
     def version(version: VersionNo, _who: str = Depends(require_reader)) -> dict:
         v = st.registry.get_version(version)
         if v is None:
             raise _error(404, f"no version {version}")
         return st.signed_version(v)
 
-    @app.get("/v1/kits/{version}/{fmt}")
+    @app.get("/v1/kits/{version}/{fmt}", responses=READ)
     def kit(version: VersionNo, fmt: str, _who: str = Depends(require_reader)) -> dict:
         k = st.registry.get_kit(version, fmt)
         if k is None:
             raise _error(404, f"no {fmt} kit for version {version}")
         return st.signed_kit(k)
 
-    @app.get("/v1/versions/{version}/kits")
+    @app.get("/v1/versions/{version}/kits", responses=answers(401, 422))
     def kits(version: VersionNo, _who: str = Depends(require_reader)) -> list[dict]:
         return [st.signed_kit(k) for k in st.registry.list_kits(version)]
 
-    @app.get("/v1/blobs/{blob_id}")
+    @app.get("/v1/blobs/{blob_id}", responses={200: BYTES, 206: {**BYTES, "description": "the requested Range"},
+                                               **answers(400, 401, 404)})
     def blob(blob_id: str, who: str = Depends(require_reader)):
         """A published model or kit, by sha256; supports ``Range`` for resumed downloads."""
         if not BLOB_ID.fullmatch(blob_id):
@@ -397,7 +432,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         st.metrics.count(st.metrics.rejections, reason)
         return _error(status, message)
 
-    @app.post("/v1/uploads", status_code=201)
+    @app.post("/v1/uploads", status_code=201, responses={
+        200: {"description": "already stored by this device"}, **answers(401, 409, 413, 422, *WRITE)})
     async def upload(
         request: Request,
         base_version: int | None = Query(
@@ -432,6 +468,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         )
         if duplicate:
             st.metrics.count(st.metrics.uploads, "duplicate")
+            if row["device"] != device:
+                # Another device's upload row would tell this one who else trains what.
+                raise _error(409, "this bundle is already stored (uploaded by another device)")
             return JSONResponse({"duplicate": True, "upload": row}, status_code=200)
         st.metrics.count(st.metrics.uploads, "accepted")
         return JSONResponse({"duplicate": False, "upload": row}, status_code=201)
@@ -439,7 +478,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     # -- admin --------------------------------------------------------------
     admin = [Depends(require_admin)]
 
-    @app.post("/v1/admin/versions", status_code=201, dependencies=admin)
+    @app.post("/v1/admin/versions", status_code=201, dependencies=admin,
+              responses=answers(400, 401, 409, 413, 422, *WRITE))
     async def publish(
         request: Request,
         consolidates: str = Query(default="", description="comma-separated upload ids this version consumes"),
@@ -475,18 +515,18 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         st.kits.wake()
         return v
 
-    @app.get("/v1/admin/devices", dependencies=admin)
+    @app.get("/v1/admin/devices", dependencies=admin, responses=answers(401))
     def list_devices() -> list[dict]:
         return st.registry.list_devices()
 
-    @app.post("/v1/admin/devices", status_code=201, dependencies=admin)
+    @app.post("/v1/admin/devices", status_code=201, dependencies=admin, responses=answers(400, 401, 409, 422, *WRITE))
     def add_device(req: DeviceRequest) -> dict:
         try:
             return {"device": req.name, "token": st.registry.add_device(req.name)}
         except RegistryError as e:
             raise _error(e.status, str(e)) from None
 
-    @app.post("/v1/admin/devices/{name}/revoke", dependencies=admin)
+    @app.post("/v1/admin/devices/{name}/revoke", dependencies=admin, responses=answers(401, 404, 422, *WRITE))
     def revoke_device(name: str) -> dict:
         try:
             st.registry.revoke_device(name)
@@ -494,22 +534,23 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise _error(e.status, str(e)) from None
         return {"device": name, "revoked": True}
 
-    @app.get("/v1/admin/queue", dependencies=admin)
+    @app.get("/v1/admin/queue", dependencies=admin, responses=answers(401, 422))
     def queue(status: str = Query(default="queued", description="queued, consolidated or all")) -> list[dict]:
         return st.registry.queue(None if status == "all" else status)
 
-    @app.get("/v1/admin/uploads/{upload_id}/blob", dependencies=admin)
+    @app.get("/v1/admin/uploads/{upload_id}/blob", dependencies=admin, responses={200: BYTES, **READ})
     def upload_blob(upload_id: UploadNo):
         u = st.registry.get_upload(upload_id)
         if u is None:
             raise _error(404, f"no upload {upload_id}")
         return FileResponse(st.registry.store.path(u["bundle_id"]), media_type="application/octet-stream")
 
-    @app.get("/v1/admin/kits", dependencies=admin)
+    @app.get("/v1/admin/kits", dependencies=admin, responses=answers(401))
     def admin_kits() -> list[dict]:
         return st.registry.list_kits()
 
-    @app.post("/v1/admin/kits/{version}/{fmt}/rebuild", dependencies=admin)
+    @app.post("/v1/admin/kits/{version}/{fmt}/rebuild", dependencies=admin,
+              responses=answers(400, 401, 404, 422, *WRITE))
     def rebuild_kit(version: VersionNo, fmt: str) -> dict:
         try:
             split_format(fmt)
