@@ -126,6 +126,9 @@ def install_kit(
         time.sleep(0.5)
     installed_version = int(state.kits.get(fmt, 0))
     st = verify_release(rec, enr.public_key, "kit", min_version=installed_version, fmt=fmt)
+    if st.version != int(version):
+        # Validly signed, but for another version: a mirror or cache must not swap releases.
+        raise TrustError(f"asked for the {fmt} kit of v{version}, the signed release is the one of v{st.version}")
     fdir = home.kits / fmt
     target = fdir / f"v{st.version}"
     if st.version == installed_version and active_kit(home, fmt) == target.resolve():
