@@ -130,6 +130,9 @@ def answers(*codes: int) -> dict:
 
 BYTES = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 READ = answers(401, 404, 422)
+# The bundle routes read the raw body themselves (capped, spooled); this tells the spec what it is.
+BUNDLE_BODY = {"requestBody": {"required": True, "description": "a bundle (safetensors bytes)",
+                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 WRITE = (503, 507)
 
 
@@ -432,7 +435,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         st.metrics.count(st.metrics.rejections, reason)
         return _error(status, message)
 
-    @app.post("/v1/uploads", status_code=201, responses={
+    @app.post("/v1/uploads", status_code=201, openapi_extra=BUNDLE_BODY, responses={
         200: {"description": "already stored by this device"}, **answers(401, 409, 413, 422, *WRITE)})
     async def upload(
         request: Request,
@@ -478,7 +481,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     # -- admin --------------------------------------------------------------
     admin = [Depends(require_admin)]
 
-    @app.post("/v1/admin/versions", status_code=201, dependencies=admin,
+    @app.post("/v1/admin/versions", status_code=201, dependencies=admin, openapi_extra=BUNDLE_BODY,
               responses=answers(400, 401, 409, 413, 422, *WRITE))
     async def publish(
         request: Request,
