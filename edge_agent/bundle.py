@@ -8,6 +8,7 @@ message is one line naming the problem.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -67,10 +68,9 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BundleError(f"bundle manifest is not valid JSON ({e.msg})") from None
+        if not isinstance(text, str):
+            raise BundleError(f"bundle manifest must be JSON text, not {type(text).__name__}")
+        raw = _json(text, "bundle manifest")
         if not isinstance(raw, dict):
             raise BundleError("bundle manifest is not a JSON object")
         if raw.get("format") != FORMAT:
@@ -91,6 +91,8 @@ class Manifest:
         return m
 
     def validate(self) -> None:
+        if not isinstance(self.arch, str) or not self.arch:
+            raise BundleError("bundle arch must be a non-empty string")
         if not isinstance(self.labels, list) or not all(isinstance(x, str) and x for x in self.labels):
             raise BundleError("bundle labels must be a list of non-empty strings")
         if len(set(self.labels)) != len(self.labels):
@@ -181,6 +183,31 @@ def new_manifest(
     return m
 
 
+def _json(text: str | bytes, what: str):
+    """Parse JSON from a file we do not trust: any failure, deep nesting included, is one BundleError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{what} is not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise BundleError(f"{what} is not valid UTF-8") from None
+    except RecursionError:
+        raise BundleError(f"{what} nests too deeply") from None
+
+
+def _tensor_end(name: str, entry: object) -> int:
+    """The end offset of one tensor entry of the safetensors header, checking its form."""
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and 0 <= o < 2**63 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise BundleError(f"corrupt bundle: tensor {name[:80]!r} has malformed data_offsets")
+    return offsets[1]
+
+
 def _data_section(data: bytes) -> bytes:
     (n,) = struct.unpack("<Q", data[:8])
     return data[8 + n :]
@@ -218,19 +245,16 @@ def read_manifest(data: bytes) -> Manifest:
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES or n > len(data) - 8:
         raise BundleError(f"corrupt or truncated bundle: header says {n} bytes, file has {len(data) - 8}")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BundleError("corrupt bundle: the safetensors header is not valid JSON") from None
+    header = _json(bytes(data[8 : 8 + n]), "corrupt bundle: the safetensors header")
     if not isinstance(header, dict):
         raise BundleError("corrupt bundle: the safetensors header is not a JSON object")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    ends = [_tensor_end(k, v) for k, v in header.items() if k != "__metadata__"]
     if ends and max(ends) != len(data) - 8 - n:
         raise BundleError(
             f"corrupt or truncated bundle: tensors need {max(ends)} bytes of data, file has {len(data) - 8 - n}"
         )
     meta = header.get("__metadata__") or {}
-    if "manifest" not in meta:
+    if not isinstance(meta, dict) or "manifest" not in meta:
         raise BundleError("not a model bundle: the safetensors file has no manifest in its metadata")
     return Manifest.from_json(meta["manifest"])
 
@@ -254,13 +278,9 @@ def load_bundle_bytes(data: bytes, path: Path | None = None, expect: Manifest | 
     except SafetensorError as e:
         raise BundleError(f"corrupt or truncated bundle: {str(e).splitlines()[0]}") from None
     check_weights(tensors)
-    try:
-        model = create_model(manifest.arch, num_classes=manifest.num_classes, **manifest.arch_config)
-    except UnknownArchitectureError as e:
-        raise BundleError(str(e)) from None
-    except TypeError as e:
-        raise BundleError(f"arch_config does not fit {manifest.arch!r}: {e}") from None
-    expected = model.state_dict()
+    # First on the meta device (no memory): names and shapes are compared before any real weights
+    # exist, so a manifest claiming a huge model costs nothing; the real model is then as big as the file.
+    expected = _build(manifest, device="meta").state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
@@ -273,12 +293,27 @@ def load_bundle_bytes(data: bytes, path: Path | None = None, expect: Manifest | 
             raise BundleError(f"tensor {name!r} has shape {list(t.shape)}, {manifest.arch} needs {list(ref.shape)}")
         if t.dtype != ref.dtype:
             raise BundleError(f"tensor {name!r} has dtype {t.dtype}, expected {ref.dtype}")
+    model = _build(manifest)
     model.load_state_dict(tensors, strict=True)
     spec = manifest.input_spec
     if manifest.arch_config.get("in_chans", spec.shape[0]) != spec.shape[0]:
         raise BundleError(f"model takes {manifest.arch_config['in_chans']} channels but the input spec has {spec.shape[0]}")
     model.eval()
     return Bundle(model=model, manifest=manifest, id=hashlib.sha256(data).hexdigest(), path=path)
+
+
+def _build(manifest: Manifest, device: str | None = None) -> EdgeModel:
+    """The manifest's model; any way its arch_config does not fit the architecture is one BundleError."""
+    import torch
+
+    try:
+        with torch.device(device) if device else contextlib.nullcontext():
+            return create_model(manifest.arch, num_classes=manifest.num_classes, **manifest.arch_config)
+    except UnknownArchitectureError as e:
+        raise BundleError(str(e)) from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise BundleError(f"arch_config does not fit {manifest.arch!r}: {msg}") from None
 
 
 def load_bundle(path: str | os.PathLike, expect: Manifest | None = None) -> Bundle:

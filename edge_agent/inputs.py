@@ -6,6 +6,8 @@ calibration and on-device inference all read the same :class:`InputSpec`.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 
@@ -30,13 +32,19 @@ class InputSpec:
     frontend: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.kind not in ("image", "audio"):
-            raise InputSpecError(f"input kind must be 'image' or 'audio', not {self.kind!r}")
-        if len(self.shape) != 3 or any(int(s) <= 0 for s in self.shape):
-            raise InputSpecError(f"input shape must be 3 positive sizes (CxHxW), got {list(self.shape)}")
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if not isinstance(self.kind, str) or self.kind not in ("image", "audio"):
+            raise InputSpecError(f"input kind must be 'image' or 'audio', not {self.kind!r:.80}")
+        shape = tuple(self.shape)
+        if len(shape) != 3 or not all(_is_int(s) and 0 < s < 2**31 for s in shape):
+            raise InputSpecError(f"input shape must be 3 positive sizes (CxHxW), got {list(shape)!r:.80}")
+        object.__setattr__(self, "shape", tuple(int(s) for s in shape))
+        for name in ("mean", "std"):
+            values = tuple(getattr(self, name))
+            if not all(_is_number(v) and abs(v) < 1e30 and math.isfinite(v) for v in values):
+                raise InputSpecError(f"input {name} must be finite numbers, got {list(values)!r:.80}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if not isinstance(self.frontend, dict):
+            raise InputSpecError("input frontend must be an object")
         if self.kind == "image":
             c = self.shape[0]
             if c not in (1, 3):
@@ -60,6 +68,13 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
+        if not isinstance(d, dict):
+            raise InputSpecError(f"malformed input spec: an object is needed, not {type(d).__name__}")
+        for key in ("shape", "mean", "std"):
+            if key in d and not isinstance(d[key], list | tuple):
+                raise InputSpecError(f"malformed input spec: {key} must be a list")
+        if not isinstance(d.get("frontend") or {}, dict):
+            raise InputSpecError("malformed input spec: frontend must be an object")
         try:
             return cls(
                 kind=d["kind"],
@@ -68,8 +83,16 @@ class InputSpec:
                 std=tuple(d.get("std", (0.5,))),
                 frontend=dict(d.get("frontend") or {}),
             )
-        except (KeyError, TypeError) as e:
+        except KeyError as e:
             raise InputSpecError(f"malformed input spec: {e}") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

@@ -164,9 +164,9 @@ class FakeCentral:
         data = tar_folder(folder)
         sha = hashlib.sha256(data).hexdigest()
         self.blobs[sha] = data
-        st, sig = self.signer.sign("kit", version, sha, "onnx-int8")
+        st, sig = self.signer.sign("kit", version, sha, "onnx-int8", len(data))
         self.kits[version] = {"status": "ready", "statement": st, "signature": sig, "blob_id": sha}
-        mst, msig = self.signer.sign("model", version, "a" * 64, "safetensors-bundle")
+        mst, msig = self.signer.sign("model", version, "a" * 64, "safetensors-bundle", 0)
         self.current = {"version": version, "statement": mst, "signature": msig}
 
     def transport(self) -> httpx.MockTransport:
@@ -218,3 +218,38 @@ def test_kit_swap_keeps_previous_and_rolls_back_a_bad_kit(tmp_path):
     with pytest.raises(Exception, match="rollback"):
         install_kit(c, home, "onnx-int8", version=1, smoke=smoke)
     assert active_kit(home, "onnx-int8").name == "v2"
+
+
+def test_outbox_backs_off_on_temporary_answers_and_rejects_only_file_problems(tmp_path):
+    answers = {b"busy": 500, b"dup": 409, b"gone": 404, b"big": 413}
+    tries: list[bytes] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        data = req.read()
+        tries.append(data)
+        return httpx.Response(answers[data], json={"detail": f"answer {answers[data]}"})
+
+    c = CentralClient("http://central", retries=2, sleep=lambda s: None, transport=httpx.MockTransport(handler))
+    box = Outbox(tmp_path / "outbox")
+    for name in (b"busy", b"dup", b"big", b"gone"):
+        f = tmp_path / name.decode()
+        f.write_bytes(name)
+        box.add(f)
+    with pytest.raises(CentralUnreachable, match="500"):
+        box.deliver(c, now=1000.0)
+    assert tries == [b"busy"] * 3  # a 500 is retried, then kept
+    [busy, *_] = box.pending()
+    assert busy.attempts == 1 and "500" in busy.last_error and busy.next_try_at == 1000.0 + 30.0
+    # Within the backoff nothing is sent; arrival order holds the rest back.
+    assert [r.status for r in box.deliver(c, now=1010.0)] == ["waiting"] and len(tries) == 3
+    answers[b"busy"] = 201
+    handler_ok = httpx.MockTransport(lambda req: httpx.Response(
+        answers[req.read()], json={"duplicate": False, "upload": {"id": 1}} if answers[req.content] == 201
+        else {"detail": f"answer {answers[req.content]}"}))
+    c = CentralClient("http://central", retries=0, transport=handler_ok)
+    with pytest.raises(CentralError) as e:
+        box.deliver(c, now=1031.0)
+    assert e.value.status == 404  # not about the file: kept, and the error is the caller's to show
+    assert [p.bundle_id for p in box.pending()] == [hashlib.sha256(b"gone").hexdigest()]
+    assert len(list(box.rejected.glob("*.safetensors"))) == 1  # only the 413
+    assert box.pending()[0].attempts == 1 and not box.pending()[0].waiting(1031.0)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
+import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 from test_server_support import (
+    RewritingMirror,
     ServerProc,
     agent,
     central,
@@ -30,7 +33,7 @@ from test_server_support import (
 from edge_agent.bundle import _data_section, load_bundle, new_manifest, save_bundle
 from edge_agent.client.http import CentralClient
 from edge_agent.client.pull import pull_model
-from edge_agent.client.state import AgentHome
+from edge_agent.client.state import AgentHome, Enrollment
 from edge_agent.client.trust import TrustError, verify_release
 from edge_agent.models import create_model
 
@@ -294,7 +297,7 @@ def test_signed_releases_refuse_replay_and_forgery(server, v1, work):
     from central.server.signing import ReleaseSigner
 
     other = ReleaseSigner(work / "other-key")
-    st, sig = other.sign("model", 99, "0" * 64, "safetensors-bundle")
+    st, sig = other.sign("model", 99, "0" * 64, "safetensors-bundle", 1)
     with pytest.raises(TrustError, match="bad signature"):
         verify_release({"statement": st, "signature": sig}, enr.public_key, "model")
 
@@ -307,6 +310,29 @@ def test_revoked_device_is_locked_out(server, v1, work):
     assert r.returncode == 1 and "revoked" in r.stderr
     rows = json.loads(central(server, "devices", "list", "--json").stdout)
     assert {"device": "lost-pi", "revoked": True}.items() <= next(d for d in rows if d["device"] == "lost-pi").items()
+
+
+def test_a_mirror_serving_another_versions_kit_is_refused(server, v1, work):
+    home = work / "agent-mirrored"
+    enr = json.loads((work / "agent-cycle" / "enrollment.json").read_text())
+    with server.admin() as c:
+        deadline = time.monotonic() + 120
+        while c.get(f"/v1/kits/{v1['version']}/onnx-int8").json()["status"] != "ready":
+            assert time.monotonic() < deadline, "the v1 kit was never built"
+            time.sleep(0.5)
+    mirror = RewritingMirror(server.url, lambda p: re.sub(r"^/v1/kits/\d+/", f"/v1/kits/{v1['version']}/", p))
+    try:
+        AgentHome(home).save_enrollment(Enrollment(server=mirror.url, device=enr["device"], token=enr["token"],
+                                                   public_key=enr["public_key"]))
+        asked = v1["version"] + 1
+        r = agent(home, "pull-kit", "--format", "onnx-int8", "--version", str(asked), "--wait", "0")
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        assert f"of v{asked}, the signed release is the one of v{v1['version']}" in r.stderr
+        assert f"/v1/kits/{asked}/onnx-int8" in mirror.served
+    finally:
+        mirror.close()
+    assert not (home / "kits" / "onnx-int8" / "current").exists()
+    assert json.loads(agent(home, "status", "--json").stdout)["kits"] == {}
 
 
 def test_bad_kit_is_rolled_back_and_failed_export_is_recorded(server, v1, work):
@@ -345,7 +371,9 @@ def test_outbox_is_delivered_once_after_the_server_comes_back(server, v1, work):
         assert len(list((home / "outbox").glob("*.safetensors"))) == 1
     finally:
         server.start()
-    r = agent(home, "sync")
+    r = agent(home, "sync")  # within the backoff after the failed try: kept, nothing sent
+    assert r.returncode == 75 and "tried again at" in r.stderr
+    r = agent(home, "sync", "--retry-now")
     assert r.returncode == 0, r.stderr
     assert "delivered" in r.stdout
     assert not list((home / "outbox").glob("*.safetensors"))

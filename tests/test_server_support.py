@@ -222,6 +222,41 @@ def refusal(base: Path, data: bytes) -> str:
     raise AssertionError("the consolidation rule accepts this bundle")
 
 
+class RewritingMirror:
+    """A mirror in front of a real server that serves GETs of other paths (``rewrite(path) -> path``), as a hostile cache could."""
+
+    def __init__(self, upstream: str, rewrite):
+        import http.server
+        import threading
+
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "range")}
+                r = httpx.get(upstream + rewrite(self.path), headers=headers, timeout=60)
+                mirror.served.append(self.path)
+                self.send_response(r.status_code)
+                for k in ("content-type", "content-range"):
+                    if k in r.headers:
+                        self.send_header(k, r.headers[k])
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def log_message(self, *args):
+                pass
+
+        self.served: list[str] = []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def peak_rss_mb(pid: int) -> float:
     """The highest resident set size process ``pid`` has had (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

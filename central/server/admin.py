@@ -74,7 +74,7 @@ def consolidate_from_queue(
             return {"version": None, "consolidated": [], "message": "the queue is empty"}
         cur = c.get_json("/v1/versions/current")
         with tempfile.TemporaryDirectory(prefix="consolidate-") as tmp:
-            base = c.download(cur["bundle_id"], Path(tmp) / "base.safetensors", cur["bundle_id"])
+            base = c.download(cur["bundle_id"], Path(tmp) / "base.safetensors", cur["bundle_id"], size=cur["size"])
             incoming = []
             for i, u in enumerate(queue):
                 # Names are ours (index), never the client's: nothing from a device becomes a path.

@@ -16,7 +16,7 @@ from pathlib import Path
 from central.server.signing import write_secret
 
 ADMIN_TOKEN_FILE = "admin-token"
-DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a trailing newline
 
 
 def new_token(prefix: str) -> str:
@@ -45,9 +45,9 @@ def bearer(authorization: str | None) -> str | None:
 
 def check_device_name(name: str) -> str:
     """Device names end up in logs and URLs, never in paths; still keep them boring."""
-    if not DEVICE_NAME.match(name or ""):
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
         raise ValueError(
-            f"invalid device name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid device name {name!r:.80}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 

@@ -42,6 +42,10 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 for all interfaces)"),
         port: int = typer.Option(8080),
         max_upload_mb: float = typer.Option(64.0, help="largest accepted upload, in MB (larger: 413)"),
+        max_concurrent_uploads: int = typer.Option(4, help="uploads received at once (more: 503 with Retry-After)"),
+        statement_ttl_days: float = typer.Option(
+            30.0, help="days a signed release statement stays valid (each is signed afresh when served)"
+        ),
         kit_formats: str = typer.Option("onnx-int8,tflite-int8", help="kits built for each published version"),
         kit_builder: str = typer.Option(None, help="module:function building a kit folder (default: export.kit)"),
         calib_ood: str = typer.Option(
@@ -63,6 +67,8 @@ def register(app: typer.Typer) -> None:
         cfg = ServerConfig(
             data_dir=data_dir,
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_concurrent_uploads=max_concurrent_uploads,
+            statement_ttl_days=statement_ttl_days,
             kit_formats=tuple(f.strip() for f in kit_formats.split(",") if f.strip()),
             kit_builder=kit_builder,
             calib_ood=calib_ood,

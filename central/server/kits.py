@@ -133,7 +133,7 @@ class KitWorker:
                     raise ValueError("the exporter wrote no manifest.json")
                 data = tar_folder(out)
             sha = self.registry.store.put(data)
-            statement, signature = self.signer.sign("kit", version, sha, fmt)
+            statement, signature = self.signer.sign("kit", version, sha, fmt, len(data))
             self.registry.set_kit(version, fmt, status="ready", blob_id=sha, size=len(data), statement=statement,
                                   signature=signature, error=None)
             log.info("kit v%d %s ready (%d bytes)", version, fmt, len(data))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -13,6 +13,7 @@ from edge_agent.atomic import write_atomic
 from edge_agent.client.trust import Statement, b64
 
 KEY_FILE = "release-key.pem"
+DEFAULT_TTL_DAYS = 30.0
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -23,7 +24,10 @@ def _write_secret(path: Path, data: bytes) -> None:
 class ReleaseSigner:
     """Signs release statements with the key in ``<data_dir>/release-key.pem``."""
 
-    def __init__(self, data_dir: str | os.PathLike):
+    def __init__(self, data_dir: str | os.PathLike, ttl_days: float = DEFAULT_TTL_DAYS):
+        if not ttl_days > 0:
+            raise ValueError(f"the statement lifetime must be positive, not {ttl_days} days")
+        self.ttl = timedelta(days=ttl_days)
         path = Path(data_dir) / KEY_FILE
         if path.exists():
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -39,14 +43,19 @@ class ReleaseSigner:
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.public_key_b64 = b64(raw)
 
-    def sign(self, kind: str, version: int, sha256: str, fmt: str, created_at: str | None = None) -> tuple[dict, str]:
-        """Return ``(statement dict, base64 signature)`` for one release."""
+    def sign(
+        self, kind: str, version: int, sha256: str, fmt: str, size: int, created_at: str | None = None
+    ) -> tuple[dict, str]:
+        """Return ``(statement dict, base64 signature)`` for one release of ``size`` bytes, valid for the TTL from now."""
+        now = datetime.now(UTC)
         st = Statement(
             kind=kind,
             version=int(version),
             sha256=sha256,
             format=fmt,
-            created_at=created_at or datetime.now(UTC).isoformat(timespec="seconds"),
+            created_at=created_at or now.isoformat(timespec="seconds"),
+            size=int(size),
+            expires_at=(now + self.ttl).isoformat(timespec="seconds"),
         )
         return st.__dict__.copy(), b64(self._key.sign(st.canonical()))
 

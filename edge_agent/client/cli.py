@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from edge_agent.cli_support import EXIT_REFUSED, EXIT_USAGE, fail, friendly
+from edge_agent.cli_support import EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE, fail, friendly
 from edge_agent.client.state import AgentHome, Enrollment
 
 # httpx and cryptography are imported by the commands that talk to the central, not when the app is built:
@@ -32,28 +32,43 @@ def _client(home: AgentHome) -> CentralClient:
     return CentralClient(enr.server, enr.token)
 
 
-def _deliver(home: AgentHome, client: CentralClient) -> tuple[int, int]:
-    """Deliver the outbox; returns (delivered, rejected). Unreachable propagates (exit 75)."""
+def _deliver(home: AgentHome, client: CentralClient, force: bool = False) -> tuple[int, int, int]:
+    """Deliver the outbox; returns (delivered, rejected, waiting). A temporary failure propagates (exit 75)."""
     from edge_agent.client.http import CentralUnreachable
     from edge_agent.client.outbox import Outbox
 
     outbox = Outbox(home.outbox)
     try:
-        results = outbox.deliver(client)
+        results = outbox.deliver(client, force=force)
     except CentralUnreachable:
         n = len(outbox.pending())
-        typer.echo(f"central unreachable: {n} upload(s) kept in the outbox {home.outbox}; run `edge-agent sync` later", err=True)
+        typer.echo(f"central unavailable: {n} upload(s) kept in the outbox {home.outbox}; `edge-agent status` "
+                   "shows when each is tried again", err=True)
         raise
     ok = rej = 0
     for r in results:
         if r.status == "rejected":
             rej += 1
             typer.echo(f"rejected {r.bundle_id[:12]}: {r.detail} (moved to {outbox.rejected})", err=True)
-        else:
+        elif r.status != "waiting":
             ok += 1
+            upload = f", upload #{r.upload_id}" if r.upload_id is not None else ""
             typer.echo(f"delivered {r.bundle_id[:12]} ({'already stored' if r.status == 'duplicate' else 'stored'}"
-                       f", upload #{r.upload_id})")
-    return ok, rej
+                       f"{upload})")
+    waiting = [e for e in outbox.pending() if e.waiting()] if any(r.status == "waiting" for r in results) else []
+    if waiting:
+        e = waiting[0]
+        typer.echo(f"{len(outbox.pending())} upload(s) wait in the outbox: {e.bundle_id[:12]} is tried again at "
+                   f"{e.to_dict()['next_try_at']} (last error: {e.last_error}); `edge-agent sync --retry-now` tries now",
+                   err=True)
+    return ok, rej, len(waiting)
+
+
+def _exit_for(rejected: int, waiting: int) -> None:
+    if rejected:
+        raise typer.Exit(EXIT_REFUSED)
+    if waiting:
+        raise typer.Exit(EXIT_TEMPFAIL)
 
 
 def register(app: typer.Typer) -> None:
@@ -99,7 +114,9 @@ def register(app: typer.Typer) -> None:
     @friendly
     def upload(
         file: Annotated[Path, typer.Argument(help="a bundle this device fine-tuned")],
-        base_version: int = typer.Option(None, help="central version it was fine-tuned from (default: from its manifest)"),
+        base_version: int = typer.Option(
+            None, min=0, max=2**63 - 1, help="central version it was fine-tuned from (default: from its manifest)"
+        ),
     ) -> None:
         """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox).
 
@@ -114,26 +131,29 @@ def register(app: typer.Typer) -> None:
         entry = Outbox(home.outbox).add(file, base_version)
         typer.echo(f"queued {entry.bundle_id[:12]} in the outbox")
         with _client(home) as c:
-            _ok, rej = _deliver(home, c)
-        if rej:
-            raise typer.Exit(EXIT_REFUSED)
+            _ok, rej, waiting = _deliver(home, c, force=True)  # asked for now: earlier waiting entries go too
+        _exit_for(rej, waiting)
 
     @app.command()
     @friendly
-    def sync() -> None:
-        """Deliver the outbox (each bundle exactly once) and pull the current model.
+    def sync(
+        retry_now: bool = typer.Option(False, "--retry-now", help="try uploads whose backoff has not elapsed yet"),
+    ) -> None:
+        """Deliver the outbox (each bundle exactly once, oldest first) and pull the current model.
 
-        Example: [bold]edge-agent sync[/]
+        An upload the central answered with a temporary error waits out its backoff
+        (`edge-agent status` shows until when) unless --retry-now; exit 75 while any waits.
+
+        Example: [bold]edge-agent sync --retry-now[/]
         """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
         with _client(home) as c:
-            _ok, rej = _deliver(home, c)
+            _ok, rej, waiting = _deliver(home, c, force=retry_now)
             p = pull_model(c, home)
         typer.echo(f"{'pulled' if p.updated else 'up to date:'} central v{p.version}")
-        if rej:
-            raise typer.Exit(EXIT_REFUSED)
+        _exit_for(rej, waiting)
 
     @app.command()
     @friendly
@@ -162,9 +182,8 @@ def register(app: typer.Typer) -> None:
             info = train_bundle(p.path, data, out, cfg=cfg, progress=sys.stderr.isatty())
             typer.echo(f"trained on {', '.join(info['classes'])} -> {out}")
             Outbox(home.outbox).add(out, p.version)
-            _ok, rej = _deliver(home, c)
-        if rej:
-            raise typer.Exit(EXIT_REFUSED)
+            _ok, rej, waiting = _deliver(home, c)
+        _exit_for(rej, waiting)
 
     @app.command("pull-kit")
     @friendly
@@ -190,7 +209,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @friendly
     def status(as_json: bool = typer.Option(False, "--json")) -> None:
-        """What this agent has: enrolment, model version, kits, outbox.
+        """What this agent has: enrolment, model version, kits, and the uploads waiting in the outbox (tries, last error, next try).
 
         Example: [bold]edge-agent status --json[/]
         """
@@ -203,7 +222,7 @@ def register(app: typer.Typer) -> None:
         kits = {fmt: {"version": v, "path": str(active_kit(home, fmt) or "")} for fmt, v in st.kits.items()}
         info = {"server": enr.server, "device": enr.device, "home": str(home.root), "model_version": st.model_version,
                 "model": str(home.current_model() or ""), "kits": kits,
-                "outbox": [e.bundle_id for e in Outbox(home.outbox).pending()]}
+                "outbox": [e.to_dict() for e in Outbox(home.outbox).pending()]}
         if as_json:
             typer.echo(json.dumps(info, indent=2))
             return
@@ -212,3 +231,8 @@ def register(app: typer.Typer) -> None:
         for fmt, k in kits.items():
             typer.echo(f"kit {fmt}: v{k['version']} {k['path']}")
         typer.echo(f"outbox: {len(info['outbox'])} upload(s) waiting")
+        for e in info["outbox"]:
+            why = f", {e['attempts']} tries, last error: {e['last_error']}" if e["attempts"] else ", not tried yet"
+            when = f", next try {e['next_try_at']}" if e["next_try_at"] else ""
+            base = f"base v{e['base_version']}" if e["base_version"] is not None else "base from its manifest"
+            typer.echo(f"  {e['bundle_id'][:12]} ({base}{why}{when})")

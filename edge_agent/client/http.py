@@ -15,11 +15,15 @@ from typing import Self
 
 import httpx
 
-RETRY_STATUS = {429, 502, 503, 504}
+# Temporary answers: the request may succeed later, so nothing is given up. RETRY_STATUS is retried
+# at once (with backoff); a full disk (507) will not clear in seconds, so it goes straight to the caller.
+RETRY_STATUS = {429, 500, 502, 503, 504}
+TEMPORARY_STATUS = RETRY_STATUS | {507}
+MAX_RETRY_AFTER = 30.0  # seconds: a longer Retry-After is capped (the outbox keeps the work for later anyway)
 
 
 class CentralUnreachable(ConnectionError):
-    """The central could not be reached (after retries): try again later (exit 75)."""
+    """The central could not be reached or answered only temporary errors (after retries): try again later (exit 75)."""
 
 
 class CentralError(RuntimeError):
@@ -30,12 +34,24 @@ class CentralError(RuntimeError):
         self.status = status
 
 
+def retry_after(resp: httpx.Response) -> float | None:
+    """The ``Retry-After`` delay in seconds (the integer form), capped at ``MAX_RETRY_AFTER``; None if absent."""
+    value = resp.headers.get("retry-after", "")
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+    except ValueError:
+        return None
+
+
 def _detail(resp: httpx.Response) -> str:
     try:
         body = resp.json()
         detail = body.get("detail", body) if isinstance(body, dict) else body
     except ValueError:
         detail = resp.text
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        # FastAPI's 422: [{"loc": ["query", "base_version"], "msg": ...}, ...] -> "query.base_version: ..."
+        detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}" for d in detail)
     text = detail if isinstance(detail, str) else str(detail)
     return (text.splitlines() or [f"HTTP {resp.status_code}"])[0][:300]
 
@@ -43,8 +59,10 @@ def _detail(resp: httpx.Response) -> str:
 class CentralClient:
     """A small client for the central's API.
 
-    ``retries`` bounds the attempts for connection failures and 429/502/503/504
-    (sleep ``backoff * 2**i`` seconds with jitter, at most ``max_backoff``).
+    ``retries`` bounds the attempts for connection failures, timeouts and the
+    temporary answers of ``RETRY_STATUS`` (5xx, 429): sleep ``backoff * 2**i``
+    seconds with jitter, at most ``max_backoff``, or the server's ``Retry-After``
+    when it is longer (capped at ``MAX_RETRY_AFTER``).
     Every call is safe to retry: reads are reads and uploads are idempotent by
     bundle id on the server.
     """
@@ -83,21 +101,26 @@ class CentralClient:
 
     def request(self, method: str, path: str, ok: tuple[int, ...] = (200, 201, 206), **kw) -> httpx.Response:
         """Send with bounded retries; raises :class:`CentralUnreachable` or :class:`CentralError`."""
-        last: str = ""
+        last, state = "", "unreachable"
         for attempt in range(self.retries + 1):
+            wait = self._delay(attempt)
             try:
                 resp = self._http.request(method, path, **kw)
             except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}"
+                last, state = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}", "unreachable"
             else:
                 if resp.status_code in ok:
                     return resp
-                if resp.status_code not in RETRY_STATUS:
+                if resp.status_code not in TEMPORARY_STATUS:
                     raise CentralError(resp.status_code, _detail(resp))
-                last = f"HTTP {resp.status_code}: {_detail(resp)}"
+                last, state = f"HTTP {resp.status_code}: {_detail(resp)}", "unavailable"
+                if resp.status_code not in RETRY_STATUS:
+                    break
+                wait = max(wait, retry_after(resp) or 0.0)
             if attempt < self.retries:
-                self._sleep(self._delay(attempt))
-        raise CentralUnreachable(f"central {self.base_url} unreachable after {self.retries + 1} attempts ({last})")
+                self._sleep(wait)
+        n = attempt + 1
+        raise CentralUnreachable(f"central {self.base_url} {state} after {n} attempt{'s' if n > 1 else ''} ({last})")
 
     def get_json(self, path: str, **kw):
         return self.request("GET", path, **kw).json()
@@ -113,18 +136,45 @@ class CentralClient:
         body = resp.json()
         return body["upload"], bool(body.get("duplicate"))
 
-    def download(self, blob_id: str, dest: str | os.PathLike, sha256: str, chunk: int = 1 << 16) -> Path:
+    def download(
+        self, blob_id: str, dest: str | os.PathLike, sha256: str, size: int | None = None, chunk: int = 1 << 16
+    ) -> Path:
         """Fetch blob ``blob_id`` to ``dest``, resuming ``dest.part`` with HTTP Range.
 
-        The bytes must hash to ``sha256`` (from a verified signed statement);
-        otherwise the partial file is deleted and :class:`CentralError` raised.
-        ``dest`` appears only when complete and verified (rename).
+        The bytes must hash to ``sha256`` and, with ``size`` (both from a verified
+        signed statement), be exactly ``size`` long: the download stops as soon as
+        more arrive, so a hostile mirror cannot fill the disk. On a mismatch the
+        partial file is deleted and :class:`CentralError` raised; on a full disk
+        too (an ``OSError`` naming the file). ``dest`` appears only when complete
+        and verified (rename).
         """
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
         dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            h, have = self._fetch(blob_id, part, size, chunk)
+        except OSError as e:
+            if isinstance(e, CentralUnreachable):
+                raise
+            part.unlink(missing_ok=True)
+            raise OSError(f"cannot write the download of {blob_id[:12]} to {part.parent}: {e.strerror or e}") from None
+        got = h.hexdigest()
+        if size is not None and have != size:
+            part.unlink(missing_ok=True)
+            raise CentralError(0, f"download {blob_id[:12]}… has {have} bytes, its signed statement says {size}")
+        if got != sha256:
+            part.unlink(missing_ok=True)
+            raise CentralError(0, f"download {blob_id[:12]}… does not match its signed sha256 (got {got[:12]}…)")
+        os.replace(part, dest)
+        return dest
+
+    def _fetch(self, blob_id: str, part: Path, size: int | None, chunk: int):
+        """Stream the blob into ``part`` with retries; returns ``(running sha256, bytes in part)``."""
         for attempt in range(self.retries + 1):
             have = part.stat().st_size if part.exists() else 0
+            if size is not None and have > size:
+                part.unlink(missing_ok=True)
+                have = 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 with self._http.stream("GET", f"/v1/blobs/{blob_id}", headers=headers) as resp:
@@ -136,30 +186,34 @@ class CentralClient:
                             raise httpx.TransportError(f"HTTP {resp.status_code}")
                         resp.read()
                         raise CentralError(resp.status_code, _detail(resp))
-                    mode = "ab" if resp.status_code == 206 else "wb"  # 200: the server ignored Range
-                    with part.open(mode) as f:
+                    resumed = resp.status_code == 206  # 200: the server ignored Range
+                    h = _sha256_file(part) if resumed and have else hashlib.sha256()
+                    n = have if resumed else 0
+                    with part.open("ab" if resumed else "wb") as f:
                         for data in resp.iter_bytes(chunk):
+                            n += len(data)
+                            if size is not None and n > size:
+                                f.close()
+                                part.unlink(missing_ok=True)
+                                raise CentralError(
+                                    0, f"download {blob_id[:12]}… sends more than the {size} bytes its signed statement says"
+                                )
+                            h.update(data)
                             f.write(data)
                         f.flush()
                         os.fsync(f.fileno())
-                break
+                return h, n
             except httpx.TransportError as e:
                 if attempt >= self.retries:
                     raise CentralUnreachable(f"download of {blob_id[:12]} interrupted: {e}") from None
                 self._sleep(self._delay(attempt))
-        else:
-            raise CentralUnreachable(f"download of {blob_id[:12]} did not complete after {self.retries + 1} attempts")
-        got = _sha256_file(part)
-        if got != sha256:
-            part.unlink(missing_ok=True)
-            raise CentralError(0, f"download {blob_id[:12]}… does not match its signed sha256 (got {got[:12]}…)")
-        os.replace(part, dest)
-        return dest
+        raise CentralUnreachable(f"download of {blob_id[:12]} did not complete after {self.retries + 1} attempts")
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: Path):
+    """A sha256 object fed with the bytes of ``path`` (to continue a resumed download's hash)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return h

@@ -126,12 +126,15 @@ def install_kit(
         time.sleep(0.5)
     installed_version = int(state.kits.get(fmt, 0))
     st = verify_release(rec, enr.public_key, "kit", min_version=installed_version, fmt=fmt)
+    if st.version != int(version):
+        # Validly signed, but for another version: a mirror or cache must not swap releases.
+        raise TrustError(f"asked for the {fmt} kit of v{version}, the signed release is the one of v{st.version}")
     fdir = home.kits / fmt
     target = fdir / f"v{st.version}"
     if st.version == installed_version and active_kit(home, fmt) == target.resolve():
         return Installed(fmt, st.version, target, updated=False, smoke={})
     tar_path = home.downloads / f"kit-{st.sha256}.tar"
-    client.download(st.sha256, tar_path, st.sha256)
+    client.download(st.sha256, tar_path, st.sha256, size=st.size)
     staging = fdir / f".staging-v{st.version}"
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -1,11 +1,21 @@
 """The outbox: uploads kept on disk until the central acknowledges them.
 
 An entry is ``<seq>-<bundle id>.safetensors`` plus a ``.json`` sidecar (base
-version). It is deleted only after the central answered 201 (stored) or 200
-(already stored): the server is idempotent by bundle id, so a crash between
-the answer and the deletion only causes a harmless duplicate POST. Together
-that delivers each bundle exactly once. A bundle the central rejects (4xx) is
-moved to ``outbox/rejected/`` with the reason, so it does not block the rest.
+version, and after a failed try: ``attempts``, ``last_error``, ``next_try_at``).
+It is deleted only after the central answered 201 (stored), 200 or 409 (already
+stored): the server is idempotent by bundle id, so a crash between the answer
+and the deletion only causes a harmless duplicate POST. Together that delivers
+each bundle exactly once.
+
+What the central says decides what happens to an entry:
+
+- 5xx, 429, a refused connection or a timeout: temporary. The entry stays, its
+  next try waits ``BACKOFF_S * 2**(attempts-1)`` seconds (at most
+  ``MAX_BACKOFF_S``), and delivery stops there (arrival order is consolidation order).
+- 400, 413, 415, 422: the file itself is refused. It is moved to
+  ``outbox/rejected/`` with the reason, so it does not block the rest.
+- any other answer (401/403: token revoked or wrong; 404: wrong URL): the entry
+  stays and the error propagates; a new enrolment or a fixed URL still delivers it.
 """
 
 from __future__ import annotations
@@ -16,10 +26,20 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from edge_agent.client.http import CentralClient, CentralError
+from edge_agent.client.http import CentralClient, CentralError, CentralUnreachable
 from edge_agent.client.state import write_bytes_atomic, write_json_atomic
+
+REJECT_STATUS = (400, 413, 415, 422)  # the central names a problem of the file: retrying cannot help
+DUPLICATE_STATUS = 409  # the central already has this bundle: delivered
+BACKOFF_S = 30.0
+MAX_BACKOFF_S = 3600.0
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -27,16 +47,28 @@ class OutboxEntry:
     path: Path
     bundle_id: str
     base_version: int | None
+    attempts: int = 0
+    last_error: str = ""
+    next_try_at: float = 0.0  # unix seconds; 0: at once
 
     @property
     def meta(self) -> Path:
         return self.path.with_suffix(".json")
 
+    def waiting(self, now: float | None = None) -> bool:
+        """True while the backoff after a failed try has not elapsed."""
+        return self.next_try_at > (time.time() if now is None else now)
+
+    def to_dict(self) -> dict:
+        return {"bundle_id": self.bundle_id, "base_version": self.base_version, "attempts": self.attempts,
+                "last_error": self.last_error, "next_try_at": _iso(self.next_try_at) if self.next_try_at else None,
+                "file": str(self.path)}
+
 
 @dataclass
 class Delivery:
     bundle_id: str
-    status: str  # "stored" | "duplicate" | "rejected"
+    status: str  # "stored" | "duplicate" | "rejected" | "waiting"
     detail: str = ""
     upload_id: int | None = None
 
@@ -68,13 +100,21 @@ class Outbox:
         out = []
         for p in sorted(self.folder.glob("*.safetensors")):
             meta = p.with_suffix(".json")
-            base = None
+            raw: dict = {}
             if meta.exists():
                 try:
-                    base = json.loads(meta.read_text()).get("base_version")
+                    loaded = json.loads(meta.read_text())
+                    raw = loaded if isinstance(loaded, dict) else {}
                 except ValueError:
-                    base = None
-            out.append(OutboxEntry(p, p.stem.split("-", 1)[-1], base))
+                    raw = {}  # a damaged sidecar only loses the retry record, never the bundle
+            e = OutboxEntry(p, p.stem.split("-", 1)[-1], raw.get("base_version"))
+            try:
+                e.attempts = int(raw.get("attempts", 0))
+                e.next_try_at = float(raw.get("next_try_epoch", 0.0))
+            except (TypeError, ValueError):
+                e.attempts, e.next_try_at = 0, 0.0
+            e.last_error = str(raw.get("last_error", ""))
+            out.append(e)
         return out
 
     def _done(self, e: OutboxEntry) -> None:
@@ -87,14 +127,32 @@ class Outbox:
         (self.rejected / (e.path.stem + ".reason.txt")).write_text(reason + "\n")
         e.meta.unlink(missing_ok=True)
 
-    def deliver(self, client: CentralClient) -> list[Delivery]:
-        """Upload every pending entry in order; stops at the first unreachable error (it propagates).
+    def _failed_try(self, e: OutboxEntry, error: str, temporary: bool, now: float) -> None:
+        """Record a try that did not deliver; a temporary failure also sets the next try time."""
+        e.attempts += 1
+        e.last_error = (error.splitlines() or ["no answer"])[0][:300]
+        if temporary:
+            e.next_try_at = now + min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (e.attempts - 1))
+        write_json_atomic(e.meta, {"bundle_id": e.bundle_id, "base_version": e.base_version,
+                                   "attempts": e.attempts, "last_error": e.last_error,
+                                   "next_try_at": _iso(e.next_try_at) if e.next_try_at else None,
+                                   "next_try_epoch": e.next_try_at})
 
-        401/403 (token revoked or wrong) also propagate and keep the entry: a
-        new enrolment can still deliver it.
+    def deliver(self, client: CentralClient, force: bool = False, now: float | None = None) -> list[Delivery]:
+        """Upload every pending entry in order.
+
+        Stops at the first entry whose backoff has not elapsed (a ``waiting``
+        result; ``force`` tries it anyway) and at the first temporary failure
+        (:class:`CentralUnreachable` propagates after the try is recorded).
+        401/403 and other answers that are not about the file propagate too and
+        keep the entry.
         """
+        now = time.time() if now is None else now
         results = []
         for e in self.pending():
+            if not force and e.waiting(now):
+                results.append(Delivery(e.bundle_id, "waiting", e.last_error))
+                break
             data = e.path.read_bytes()
             if hashlib.sha256(data).hexdigest() != e.bundle_id:
                 self._reject(e, "the outbox copy is corrupt (sha256 differs from its name)")
@@ -102,12 +160,20 @@ class Outbox:
                 continue
             try:
                 row, duplicate = client.upload_bundle(data, e.base_version)
+            except CentralUnreachable as err:
+                self._failed_try(e, str(err), temporary=True, now=now)
+                raise
             except CentralError as err:
-                if err.status in (401, 403):
-                    raise
-                self._reject(e, str(err))
-                results.append(Delivery(e.bundle_id, "rejected", str(err)))
-                continue
+                if err.status == DUPLICATE_STATUS:
+                    self._done(e)
+                    results.append(Delivery(e.bundle_id, "duplicate"))
+                    continue
+                if err.status in REJECT_STATUS:
+                    self._reject(e, str(err))
+                    results.append(Delivery(e.bundle_id, "rejected", str(err)))
+                    continue
+                self._failed_try(e, f"HTTP {err.status}: {err}", temporary=False, now=now)
+                raise
             self._done(e)
             results.append(Delivery(e.bundle_id, "duplicate" if duplicate else "stored", upload_id=row.get("id")))
         return results

@@ -34,7 +34,7 @@ def pull_model(client: CentralClient, home: AgentHome, release: dict | None = No
         return Pulled(st.version, st.sha256, dest, updated=False)
     if st.version == state.model_version and state.model_bundle_id and state.model_bundle_id != st.sha256:
         raise TrustError(f"central v{st.version} is signed with different bytes than the v{st.version} we already have")
-    client.download(st.sha256, dest, st.sha256)
+    client.download(st.sha256, dest, st.sha256, size=st.size)
     # torch is imported only once there is a bundle to check.
     from edge_agent.bundle import BundleError, load_bundle
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge_agent.models.registry import EdgeModel, register_model
+from edge_agent.models.registry import EdgeModel, check_sizes, register_model
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -15,6 +15,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class SmallCNN(EdgeModel):
     def __init__(self, num_classes: int, in_chans: int = 1, width: int = 32):
         super().__init__()
+        check_sizes("cnn-s", num_classes=num_classes, in_chans=in_chans, width=width)
         self.config = {"in_chans": in_chans, "width": width}
         self.num_classes = num_classes
         w = width

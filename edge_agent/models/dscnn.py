@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge_agent.models.registry import EdgeModel, register_model
+from edge_agent.models.registry import EdgeModel, check_sizes, register_model
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel, stride, padding, groups: int = 1) -> list[nn.Module]:
@@ -34,8 +34,7 @@ class DSCNN(EdgeModel):
 
     def __init__(self, num_classes: int, in_chans: int = 1, width: int = 64, blocks: int = 4):
         super().__init__()
-        if width < 1 or blocks < 0 or in_chans < 1:
-            raise ValueError(f"ds-cnn needs width >= 1, blocks >= 0, in_chans >= 1 (got {width}, {blocks}, {in_chans})")
+        check_sizes("ds-cnn", num_classes=num_classes, in_chans=in_chans, width=width, blocks=blocks)
         self.config = {"in_chans": in_chans, "width": width, "blocks": blocks}
         self.num_classes = num_classes
         # Padding (4, 1) keeps a 49x40 input at 24x20 after the stride-2 stem:

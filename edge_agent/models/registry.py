@@ -78,7 +78,10 @@ def register_model(name: str, input_kind: str = "image", default_shape: tuple[in
 
 def _entry(name: str) -> _Entry:
     try:
-        return _REGISTRY[name]
+        entry = _REGISTRY[name] if isinstance(name, str) else None
+        if entry is None:
+            raise KeyError(name)
+        return entry
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise UnknownArchitectureError(f"unknown architecture {name!r} (known: {known})") from None
@@ -142,6 +145,18 @@ def remap_head(model: EdgeModel, labels: list[str], new_labels: list[str]) -> Ed
     out.head = head.to(old.weight.device, old.weight.dtype)
     out.num_classes = len(new_labels)
     return out
+
+
+def check_sizes(arch: str, **sizes) -> None:
+    """Every size an integer within ``[low, 2**20]`` (``low`` is 1, or 0 for ``blocks``); ValueError naming it.
+
+    Configs come from files (a bundle's manifest): a float, a bool, a string or an
+    absurd size must fail here with a message, not deep inside torch.
+    """
+    for key, value in sizes.items():
+        low = 0 if key == "blocks" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 2**20:
+            raise ValueError(f"{arch} needs an integer {key} in [{low}, {2**20}], not {value!r:.40}")
 
 
 def list_models() -> list[str]:
