@@ -53,6 +53,7 @@ class ServerConfig:
     kit_formats: tuple[str, ...] = DEFAULT_FORMATS
     kit_builder: str | None = None  # "module:function"; None = export.kit
     calib_ood: str | None = None  # int8 calibration source for kits; None = the bundled OOD photo / clip
+    database_url: str | None = None  # postgresql://... or sqlite:///...; None = <data_dir>/registry.sqlite
 
 
 @dataclass
@@ -80,13 +81,15 @@ class DeviceRequest(BaseModel):
 class State:
     """What the routes share: config, registry, signer, admin token hash, kit worker, metrics."""
 
-    def __init__(self, cfg: ServerConfig):
+    def __init__(self, cfg: ServerConfig, recover: bool = True):
         for fmt in cfg.kit_formats:
             split_format(fmt)
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(cfg.data_dir)
-        self.recovery = self.registry.recover()
+        self.registry = Registry(cfg.data_dir, cfg.database_url)
+        # Workers of one `central serve --workers N` skip it: the parent recovered before starting them.
+        no_recovery = {"removed_tmp": 0, "removed_orphan_blobs": 0, "missing_blobs": []}
+        self.recovery = self.registry.recover() if recover else no_recovery
         self.signer = ReleaseSigner(cfg.data_dir)
         self.admin_hash = token_hash(load_or_create_admin_token(cfg.data_dir))
         self.kits = KitWorker(self.registry, self.signer, load_builder(cfg.kit_builder, cfg.calib_ood))
@@ -97,9 +100,9 @@ def _error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-def create_app(cfg: ServerConfig) -> FastAPI:
-    """Build the app for one data dir (opens the registry and recovers it from any crash)."""
-    st = State(cfg)
+def create_app(cfg: ServerConfig, recover: bool = True) -> FastAPI:
+    """Build the app for one data dir (opens the registry and, with ``recover``, recovers it from any crash)."""
+    st = State(cfg, recover)
     if st.recovery["removed_tmp"] or st.recovery["removed_orphan_blobs"]:
         log.warning("recovered from an unclean stop: %s", st.recovery)
     if st.recovery["missing_blobs"]:
