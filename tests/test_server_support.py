@@ -46,6 +46,8 @@ class ServerProc:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.args = list(args or [])
+        self.database_url = database_url
+        self.workers = workers
         if database_url:
             self.args += ["--database-url", database_url]
         if workers != 1:
