@@ -44,6 +44,7 @@ EXIT_CODES_HELP = "Exit codes: 0 done, 1 refused, 2 bad input, 75 central unreac
 EXIT_CODE_OF_ERROR: tuple[tuple[str, int], ...] = (
     # 75: the work is kept, retry later.
     ("edge_agent.client.http:CentralUnreachable", EXIT_TEMPFAIL),
+    ("central.server.database:DatabaseUnavailable", EXIT_TEMPFAIL),
     # 1: the central or a check said no.
     ("edge_agent.client.http:CentralError", EXIT_REFUSED),
     ("edge_agent.client.trust:TrustError", EXIT_REFUSED),
@@ -65,7 +66,7 @@ EXIT_CODE_OF_ERROR: tuple[tuple[str, int], ...] = (
     ("edge_agent.bench:BenchError", EXIT_USAGE),
     ("edge_agent.data.speech_synth:SynthesisError", EXIT_USAGE),
     ("central.consolidate:ConsolidationError", EXIT_USAGE),
-    ("central.server.registry:RegistryError", EXIT_USAGE),
+    ("central.server.errors:RegistryError", EXIT_USAGE),
     ("export.kit:KitExportError", EXIT_USAGE),
     ("builtins:ValueError", EXIT_USAGE),
     ("builtins:OSError", EXIT_USAGE),  # a file that cannot be read or written

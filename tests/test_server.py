@@ -1,7 +1,7 @@
 """The central server and the agent's link to it, against a REAL server process on 127.0.0.1.
 
-One server runs for the whole module (starting one costs seconds: torch imports);
-tests run in file order and build on each other's state (v1, v2, ...).
+One server runs for the whole module per database (SQLite, then PostgreSQL when installed; starting one
+costs seconds: torch imports); tests run in file order and build on each other's state (v1, v2, ...).
 """
 
 from __future__ import annotations
@@ -41,14 +41,16 @@ MAX_MB = 1
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("server")
+def work(tmp_path_factory, database_url) -> Path:
+    # One folder per database: the tests build on each other's state within one database.
+    return tmp_path_factory.mktemp("server-postgres" if database_url else "server-sqlite")
 
 
 @pytest.fixture(scope="module")
-def server(work):
+def server(work, database_url):
     s = ServerProc(work / "central-data", args=["--max-upload-mb", str(MAX_MB), "--kit-formats", "onnx-int8",
-                                                 "--kit-builder", "test_server_support:kit_builder"])
+                                                 "--kit-builder", "test_server_support:kit_builder"],
+                   database_url=database_url)
     s.start()
     yield s
     s.stop()
@@ -104,6 +106,18 @@ def test_admin_token_file_and_key_are_private(server):
         assert (server.data_dir / name).stat().st_mode & 0o777 == 0o600
     assert httpx.get(server.url + "/docs").status_code == 200
     assert httpx.get(server.url + "/v1/admin/queue").status_code == 401
+
+
+def test_rows_live_in_the_chosen_database(server, v1, database_url):
+    sqlite_file = server.data_dir / "registry.sqlite"
+    if database_url is None:
+        assert sqlite_file.is_file()
+        return
+    import psycopg
+
+    assert not sqlite_file.exists()
+    with psycopg.connect(database_url) as c:
+        assert c.execute("SELECT version, bundle_id FROM versions").fetchall() == [(v1["version"], v1["bundle_id"])]
 
 
 def test_enrolment_one_time_token_and_auth(server, v1, work):

@@ -35,12 +35,23 @@ def env_with(**extra: str) -> dict:
 
 
 class ServerProc:
-    """``python -m central.server serve`` as a child process; restartable on the same port and data dir."""
+    """``python -m central.server serve`` as a child process; restartable on the same port and data dir.
 
-    def __init__(self, data_dir: Path, port: int | None = None, args: list[str] | None = None):
+    ``database_url`` None: the embedded SQLite file; ``workers`` > 1: that many processes on the port.
+    It runs in its own process group, so :meth:`kill` reaches every worker.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, args: list[str] | None = None,
+                 database_url: str | None = None, workers: int = 1):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
-        self.args = args or []
+        self.args = list(args or [])
+        self.database_url = database_url
+        self.workers = workers
+        if database_url:
+            self.args += ["--database-url", database_url]
+        if workers != 1:
+            self.args += ["--workers", str(workers)]
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir.parent / f"server-{self.port}.log"
 
@@ -51,7 +62,8 @@ class ServerProc:
     def start(self, timeout: float = 60.0) -> ServerProc:
         cmd = [sys.executable, "-m", "central.server", "serve", "--data-dir", str(self.data_dir),
                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", *self.args]
-        self.proc = subprocess.Popen(cmd, env=env_with(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=env_with(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -71,8 +83,17 @@ class ServerProc:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server and all its workers at once (a crash, not a stop)."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
         self.proc = None
 
     @property

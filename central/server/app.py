@@ -36,7 +36,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, field_validator
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
@@ -57,9 +57,6 @@ from edge_agent.client.trust import MODEL_FORMAT
 log = logging.getLogger("central.server")
 DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024  # the largest bundles of the model zoo are a few MB
 DEFAULT_MAX_CONCURRENT_UPLOADS = 4  # each holds up to the upload cap in memory while it is validated
-# How long a write waits for a lock held by another process (a backup, the sqlite3 shell) before
-# the request is answered 503: well under a client's timeout, so the device retries instead of hanging.
-DB_BUSY_TIMEOUT_MS = 5000
 RETRY_AFTER_S = 5
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -76,6 +73,7 @@ class ServerConfig:
     statement_ttl_days: float = DEFAULT_TTL_DAYS
     kit_builder: str | None = None  # "module:function"; None = export.kit
     calib_ood: str | None = None  # int8 calibration source for kits; None = the bundled OOD photo / clip
+    database_url: str | None = None  # postgresql://... or sqlite:///...; None = <data_dir>/registry.sqlite
 
 
 @dataclass
@@ -161,13 +159,15 @@ class DeviceRequest(BaseModel):
 class State:
     """What the routes share: config, registry, signer, admin token hash, kit worker, metrics."""
 
-    def __init__(self, cfg: ServerConfig):
+    def __init__(self, cfg: ServerConfig, recover: bool = True):
         for fmt in cfg.kit_formats:
             split_format(fmt)
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(cfg.data_dir)
-        self.recovery = self.registry.recover()
+        self.registry = Registry(cfg.data_dir, cfg.database_url)
+        # Workers of one `central serve --workers N` skip it: the parent recovered before starting them.
+        no_recovery = {"removed_tmp": 0, "removed_orphan_blobs": 0, "missing_blobs": []}
+        self.recovery = self.registry.recover() if recover else no_recovery
         if cfg.max_upload_bytes < 1 or cfg.max_concurrent_uploads < 1:
             raise ValueError("the upload size cap and the concurrent upload cap must be at least 1")
         self.signer = ReleaseSigner(cfg.data_dir, cfg.statement_ttl_days)
@@ -178,9 +178,6 @@ class State:
         # Striped by bundle id: storing a blob, writing its row and removing it again after a failed
         # write happen under one lock, so a failing request never deletes a blob another one just referenced.
         self.blob_locks = [threading.Lock() for _ in range(64)]
-        if self.registry.engine.dialect.name == "sqlite":
-            event.listen(self.registry.engine, "connect", _busy_timeout)
-            self.registry.engine.dispose()  # connections opened before the listener get the short timeout too
 
     def signed_version(self, row: dict) -> dict:
         """A version row with a statement signed now (fresh ``expires_at``), so devices never see an expired one."""
@@ -201,7 +198,7 @@ class State:
         return self.blob_locks[int(sha[:8], 16) % len(self.blob_locks)]
 
     def blob_referenced(self, sha: str) -> bool:
-        with self.registry.session() as s:
+        with self.registry.db.read() as s:
             return any(
                 s.scalars(select(col).where(col == sha).limit(1)).first() is not None
                 for col in (Version.bundle_id, Upload.bundle_id, Kit.blob_id)
@@ -220,12 +217,6 @@ class State:
                 except Exception:  # noqa: BLE001 - the next start's recovery removes what is left
                     log.warning("could not remove the unreferenced blob %s after a failed write", sha[:12])
                 raise
-
-
-def _busy_timeout(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout={DB_BUSY_TIMEOUT_MS}")
-    cur.close()
 
 
 def _storage_error(e: BaseException) -> tuple[int, str] | None:
@@ -252,9 +243,9 @@ def _error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-def create_app(cfg: ServerConfig) -> FastAPI:
-    """Build the app for one data dir (opens the registry and recovers it from any crash)."""
-    st = State(cfg)
+def create_app(cfg: ServerConfig, recover: bool = True) -> FastAPI:
+    """Build the app for one data dir (opens the registry and, with ``recover``, recovers it from any crash)."""
+    st = State(cfg, recover)
     if st.recovery["removed_tmp"] or st.recovery["removed_orphan_blobs"]:
         log.warning("recovered from an unclean stop: %s", st.recovery)
     if st.recovery["missing_blobs"]:

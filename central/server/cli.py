@@ -51,18 +51,27 @@ def register(app: typer.Typer) -> None:
         calib_ood: str = typer.Option(
             None, help=ood_help("int8 calibration source for kits")
         ),
+        workers: int = typer.Option(1, help="server processes sharing the port, the database and the blobs"),
+        database_url: str = typer.Option(
+            None, envvar="CENTRAL_DATABASE_URL",
+            help="registry database: postgresql://user@host/db, or sqlite:///path (default: <data-dir>/registry.sqlite)",
+        ),
         log_level: str = typer.Option("info"),
     ) -> None:
         """Run the central's HTTP server (OpenAPI docs at /docs).
 
-        Example: [bold]central serve --data-dir registry/ --port 8080 --calib-ood photos/[/]
+        Example: [bold]central serve --data-dir registry/ --port 8080 --workers 4 --database-url postgresql://central@db/central[/]
         """
-        import uvicorn
-
-        from central.server.app import ServerConfig, create_app
+        from central.server.app import ServerConfig
+        from central.server.database import open_database
+        from central.server.workers import serve as run_server
 
         if (why := ood_source_error(calib_ood)) is not None:
             fail(EXIT_USAGE, f"--calib-ood: {why}")
+        if workers < 1:
+            fail(EXIT_USAGE, f"--workers must be at least 1, not {workers}")
+        db = open_database(database_url, data_dir)  # a URL naming no supported database: exit 2
+        db.dispose()
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg = ServerConfig(
             data_dir=data_dir,
@@ -72,10 +81,12 @@ def register(app: typer.Typer) -> None:
             kit_formats=tuple(f.strip() for f in kit_formats.split(",") if f.strip()),
             kit_builder=kit_builder,
             calib_ood=calib_ood,
+            database_url=database_url,
         )
-        application = create_app(cfg)  # a ValueError (bad data dir, kit formats): exit 2
-        typer.echo(f"central serving {data_dir} on http://{host}:{port} (admin token in {data_dir / 'admin-token'})")
-        uvicorn.run(application, host=host, port=port, log_level=log_level, workers=1)
+        typer.echo(f"central serving {data_dir} ({db.kind} {db.url}, {workers} process(es)) on "
+                   f"http://{host}:{port} (admin token in {data_dir / 'admin-token'})")
+        # A ValueError (bad data dir, kit formats): exit 2; an unreachable database: exit 75.
+        run_server(cfg, host, port, workers, log_level)
 
     @app.command()
     @friendly

@@ -107,18 +107,16 @@ class KitWorker:
         while not self._stop.is_set():
             self._wake.wait(timeout=30)
             self._wake.clear()
-            for version, fmt in self.registry.kits_to_build():
-                if self._stop.is_set():
-                    return
+            # Claimed one at a time in the database: with several server processes each kit is built once.
+            while not self._stop.is_set() and (job := self.registry.claim_kit()) is not None:
                 self.busy = True
                 try:
-                    self.build(version, fmt)
+                    self.build(*job)
                 finally:
                     self.busy = False
 
     def build(self, version: int, fmt: str) -> None:
-        """Export, pack, store, sign; any failure becomes the kit row's ``error``."""
-        self.registry.set_kit(version, fmt, status="building", error=None)
+        """Export, pack, store, sign a claimed kit; any failure becomes the kit row's ``error``."""
         v = self.registry.get_version(version)
         try:
             if v is None:
