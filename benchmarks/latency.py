@@ -15,7 +15,7 @@ larger batch.
 
 Roofline: MACs are counted with forward hooks on Conv2d/Linear; the fp32 peak
 is the best single-thread torch GEMM (1024^3) of this machine. Writes
-``benchmarks/results/latency-<cpu>.{json,md,png}``.
+``benchmarks/results/latency/latency-<cpu>.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 
 from edge_agent.bench import BenchConfig, BenchRow, Target, bench, cpu_info, machine_slug, profile_onnx
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "latency"
 MODELS = {
     # name: (arch, labels, input shape)
     "cnn-s": ("cnn-s", [str(i) for i in range(10)], (1, 16, 16)),

@@ -14,7 +14,7 @@ Run:  .venv/bin/python benchmarks/server_reliability.py [--devices 50] [--pulls 
    are each rejected and the server keeps serving.
 
 Everything runs on 127.0.0.1 with bounded loops. Writes
-``benchmarks/results/server-reliability.json`` and ``.md``.
+``benchmarks/results/server-reliability/server-reliability.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from edge_agent.bundle import load_bundle, new_manifest, save_bundle  # noqa: E4
 from edge_agent.client.http import CentralClient, CentralError, CentralUnreachable  # noqa: E402
 from edge_agent.client.trust import MODEL_FORMAT, verify_release  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = REPO / "benchmarks" / "results" / "server-reliability"
 
 
 def pct(values: list[float], q: float) -> float:
