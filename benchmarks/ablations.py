@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     ap.add_argument("--jobs", type=int, default=2, help="variants run in parallel processes (1 torch thread each)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS.parent / "ablations")
     args = ap.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(1)

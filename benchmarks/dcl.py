@@ -39,7 +39,7 @@ from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource, open_ood
 from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, fine_tune, load_local_data
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "dcl"
 METHODS = ("naive", "avg", "kd", "dac")
 BOUNDS = ("ensemble", "joint")
 
@@ -424,7 +424,7 @@ def markdown(report: dict) -> str:
         lines.append("|---" * (len(names) + 1) + "|")
         for t, row in enumerate(r["matrix"]):
             lines.append(f"| after {names[t]} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
-    ablations = RESULTS / "dcl-ablations.md"
+    ablations = RESULTS.parent / "ablations" / "dcl-ablations.md"
     if report["stream"] == "split-digits" and ablations.exists():
         # The ablation table lives in its own file (written by benchmarks/ablations.py); quote it here.
         lines += ["", "## Ablations", ""] + ablations.read_text().splitlines()[2:]

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, required=True, help="the --work folder of a benchmarks.dcl run")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--split", default="test", choices=["test", "val"])
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS.parent / "distill-ceiling")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     runs = [ceiling(args.stream, args.work, s, args.split) for s in range(args.seeds)]

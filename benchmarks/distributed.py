@@ -13,7 +13,7 @@ Run:  .venv/bin/python benchmarks/distributed.py [--steps 200] [--repeats 3] [--
    once by ``consolidate_distributed`` with 2 ranks of B/2, the same number of steps.
    Reported: final average accuracy and average forgetting per seed.
 
-Writes ``benchmarks/results/distributed.json`` and ``.md``.
+Writes ``benchmarks/results/distributed/distributed.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from central.stream import Stream, train_devices  # noqa: E402
 from edge_agent.bundle import load_bundle  # noqa: E402
 from edge_agent.train import TrainConfig  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = REPO / "benchmarks" / "results" / "distributed"
 
 
 def load_average() -> list[float]:

@@ -1,6 +1,6 @@
 """Export quality: artifact sizes and test accuracy of every exported artifact.
 
-    python -m benchmarks.export_quality            # full run, writes benchmarks/results/export-quality.{json,md}
+    python -m benchmarks.export_quality            # full run, writes benchmarks/results/export-quality/export-quality.{json,md}
     python -m benchmarks.export_quality --quick    # smaller data and fewer epochs, writes export-quality-quick.*
 
 For two models,
@@ -58,7 +58,7 @@ from export.calibration import noise_batches, ood_batches
 from export.kit import tool_versions, write_kit
 from export.parity import INT8_MIN_TOP1, torch_logits
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "export-quality"
 SIZE_TARGET = 0.30  # int8 bytes / fp32 bytes, same format
 ACC_TARGET_POINTS = 1.0  # int8 may lose at most this many accuracy points vs torch fp32
 FORMATS = ("onnx", "tflite")
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["reading"] = reading(res)
     stem = "export-quality-quick" if args.quick else "export-quality"
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(res))
     print("\n".join(res["reading"]))

@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/kws.py [--streams domain,class] [--steps 500] [--batch-size 64]
       .venv/bin/python benchmarks/kws.py --only device-cost --tag cost
-      .venv/bin/python benchmarks/kws.py --merge benchmarks/results/kws.json benchmarks/results/kws-cost.json
+      .venv/bin/python benchmarks/kws.py --merge benchmarks/results/kws/kws.json benchmarks/results/kws/kws-cost.json
       (the last adds a new device-cost run to the committed results; the previous one is kept as an earlier run)
 
 1. Accuracy.  For each stream (``domain``: five devices, same ten words, new
@@ -18,7 +18,7 @@ Run:  .venv/bin/python benchmarks/kws.py [--streams domain,class] [--steps 500] 
    from two runs with different epoch counts (the difference removes start-up
    and data loading).
 
-Writes ``benchmarks/results/kws.json`` and ``.md`` (``--tag`` appends a suffix
+Writes ``benchmarks/results/kws/kws.json`` and ``.md`` (``--tag`` appends a suffix
 for side experiments).  The machine is shared: every timing comes with the
 load average and CPU seconds, which depend less on the neighbours than wall time.
 """
@@ -54,7 +54,7 @@ from edge_agent.data.ood import open_ood  # noqa: E402
 from edge_agent.data.speech_synth import CORE_WORDS  # noqa: E402
 from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, train_bundle  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = REPO / "benchmarks" / "results" / "kws"
 BIN = Path(sys.executable).parent
 
 

@@ -15,7 +15,9 @@ larger batch.
 
 Roofline: MACs are counted with forward hooks on Conv2d/Linear; the fp32 peak
 is the best single-thread torch GEMM (1024^3) of this machine. Writes
-``benchmarks/results/latency-<cpu>.{json,md,png}``.
+``benchmarks/results/latency/latency-<cpu>.{json,md,png}``. Free-text notes
+are read from ``latency-<cpu>.notes.md`` beside them when that file exists;
+``--render`` otherwise keeps the notes already in the JSON.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 
 from edge_agent.bench import BenchConfig, BenchRow, Target, bench, cpu_info, machine_slug, profile_onnx
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "latency"
 MODELS = {
     # name: (arch, labels, input shape)
     "cnn-s": ("cnn-s", [str(i) for i in range(10)], (1, 16, 16)),
@@ -168,7 +170,7 @@ KIT_ROWS = ("torch fp32", "onnx fp32", "tflite fp32", "onnx int8", "tflite int8"
 
 
 def verdicts(rows: dict[str, dict]) -> dict[str, dict]:
-    """The issue's targets for each int8 artifact of the kit, at the measured batch: met or not, with the figures."""
+    """Each int8 artifact of the kit against the latency targets (p50 <= 0.1x torch, no slower than the fastest fp32, p99 <= 2x p50): met or not, with the figures."""
     base = rows["torch fp32"]["p50_ms"]
     fastest_fp32 = min(rows["onnx fp32"]["p50_ms"], rows["tflite fp32"]["p50_ms"])
     out = {}
@@ -287,13 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-min", type=float, default=20.0, help="how long to wait for it (minutes)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--work", type=Path, default=None, help="keep bundles and kits here (default: a temp dir)")
-    ap.add_argument("--render", action="store_true", help="only re-render .md/.png from the committed .json and the notes file")
+    ap.add_argument("--render", action="store_true", help="only re-render .md/.png from the committed .json (notes: the .notes.md file if present, else the .json's)")
     args = ap.parse_args(argv)
     stem = args.out / f"latency-{machine_slug()}"
     notes_path = stem.with_suffix(".notes.md")
     if args.render:
         res = json.loads(stem.with_suffix(".json").read_text())
-        res["notes"] = notes_path.read_text() if notes_path.is_file() else ""
+        res["notes"] = notes_path.read_text() if notes_path.is_file() else res.get("notes", "")
         stem.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
         stem.with_suffix(".md").write_text(markdown(res))
         chart(res, stem.with_suffix(".png"))

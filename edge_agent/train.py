@@ -44,7 +44,7 @@ class TrainConfig:
     shift: int = 1  # random translation in pixels/frames (light augmentation); 0 disables
     loss: str | None = None  # "ce", "bce-noise" or "bce-jigsaw"; None: the device default for the model's input kind (DEVICE_LOSS)
     # Weight of the negatives term of the "bce-noise" and "bce-jigsaw" losses (edge-agent train --negatives); 1.0 was
-    # within noise on Split-Digits val and slower at short budgets (benchmarks/results/dcl-split-digits-devlog.md).
+    # within noise on Split-Digits val and slower at short budgets (benchmarks/results/dcl/dcl-split-digits-devlog.md).
     negatives: float = 0.3
 
     def for_input(self, kind: str) -> TrainConfig:
@@ -71,8 +71,8 @@ DEVICE_BATCH_SIZE = {"audio": 16}
 
 DEVICE_LOSSES = ("ce", "bce-noise", "bce-jigsaw")
 # Image devices train with negatives: one-vs-rest devices put their logits on one scale, which consolidates better on
-# Split-Digits val (benchmarks/results/dcl-split-digits-devlog.md). Audio keeps ce: bce-jigsaw on log-mel
-# spectrograms halved KWS-class DAC on val (benchmarks/results/dcl-kws-devlog.md).
+# Split-Digits val (benchmarks/results/dcl/dcl-split-digits-devlog.md). Audio keeps ce: bce-jigsaw on log-mel
+# spectrograms halved KWS-class DAC on val (benchmarks/results/dcl/dcl-kws-devlog.md).
 DEVICE_LOSS = {"image": "bce-jigsaw", "audio": "ce"}
 
 

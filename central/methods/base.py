@@ -35,7 +35,7 @@ class Teacher:
 
 # Defaults that differ by the models' input kind: a ``ConsolidationConfig`` field left at None takes its
 # kind's value (:meth:`ConsolidationConfig.for_input`). Image values were chosen on Split-Digits val and audio
-# values on the KWS streams (benchmarks/results/dcl-split-digits-devlog.md, dcl-kws-devlog.md).
+# values on the KWS streams (benchmarks/results/dcl/dcl-split-digits-devlog.md, dcl-kws-devlog.md).
 KIND_DEFAULTS: dict[str, dict[str, object]] = {
     "image": {"steps": 1000, "lr": 3e-3},
     "audio": {"steps": 500, "lr": 1e-3},

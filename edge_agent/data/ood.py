@@ -58,7 +58,7 @@ class ImageAugment:
     jitter: float = 0.4  # brightness, contrast and saturation factors in [1 - j, 1 + j]
     gray_p: float = 0.2
     # The knobs below move patches towards small grayscale stroke images (digits: bright strokes on a
-    # dark background); their effect on Split-Digits val: benchmarks/results/dcl-ablations.md.
+    # dark background); their effect on Split-Digits val: benchmarks/results/ablations/dcl-ablations.md.
     invert_p: float = 0.5
     cutmix_p: float = 1.0
     lowres_p: float = 1.0  # probability of a 2x down-and-up resample (blur)
