@@ -190,8 +190,8 @@ def test_bad_uploads_are_rejected_without_a_trace(server, v1, work):
     save_bundle(wide, new_manifest(wide, b.labels, b.input_spec, ["0"], parents=[b.id], method="train"), wrong_arch)
     stranger = work / "stranger.safetensors"
     make_central(stranger, seed=7)  # no lineage to any published version
-    relabel = work / "relabel.safetensors"
-    derived(base, relabel, labels=list(reversed(b.labels)), trained_classes=["9"])
+    relabel = work / "relabel.safetensors"  # labels match by name: one that is no class name is refused
+    derived(base, relabel, labels=[*b.labels[:-1], b.labels[-1] + "\n"], trained_classes=["0"])
     header_bomb = struct.pack("<Q", 1 << 40) + b"{}"
     cases = {
         "truncated": (good[: len(good) // 2], 422, "corrupt"),
@@ -199,7 +199,7 @@ def test_bad_uploads_are_rejected_without_a_trace(server, v1, work):
         "wrong architecture": (wrong_arch.read_bytes(), 422, "architecture"),
         "NaN weights": (_nan_bundle(base), 422, "NaN"),
         "no lineage": (stranger.read_bytes(), 422, "does not derive"),
-        "labels reordered": (relabel.read_bytes(), 422, "label"),
+        "a label with a newline": (relabel.read_bytes(), 422, "bad label"),
         "header size bomb": (header_bomb, 422, "header"),
         "empty": (b"", 422, "too short"),
         "oversized": (b"\0" * (MAX_MB * 1024 * 1024 + 1), 413, "exceeds"),

@@ -34,7 +34,9 @@ def fleet(tmp_path_factory, database_url):
     work = tmp_path_factory.mktemp("scale-postgres" if database_url else "scale-sqlite")
     base = work / "central-0.safetensors"
     make_central(base)
-    s = ServerProc(work / "data", args=["--kit-formats", ""], database_url=database_url, workers=WORKERS)
+    # Every upload of the race must be in flight at once: lift the per-process cap on concurrent uploads.
+    s = ServerProc(work / "data", args=["--kit-formats", "", "--max-concurrent-uploads", "64"], database_url=database_url,
+                   workers=WORKERS)
     s.start(timeout=180)
     with s.admin() as c:
         c.post("/v1/admin/versions", content=base.read_bytes()).raise_for_status()
