@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from central.evaluate import evaluate_logits, predict_logits
 from edge_agent.bundle import load_bundle
+from edge_agent.evaluate import evaluate_kit, evaluate_logits, predict_logits
 from edge_agent.train import load_local_data
 
 
@@ -20,8 +20,6 @@ def _experiences(data: Path, stream: Path | None) -> list[dict] | None:
 def evaluate_path(model: Path, data: Path, stream: Path | None = None) -> dict:
     """Report for a bundle file or a kit folder on ``data`` (its test split when it has one)."""
     if model.is_dir():
-        from export.evaluate import evaluate_kit
-
         return evaluate_kit(model, data, _experiences(data, stream))
     bundle = load_bundle(model)
     samples = load_local_data(data, bundle, split="testing")
