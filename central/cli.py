@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.cli_support import EXIT_CODES_HELP, add_version_option, friendly, register_optional, run_app
+from edge_agent.cli_support import (
+    EXIT_CODES_HELP,
+    add_version_option,
+    emit,
+    friendly,
+    refuse_overwrite,
+    register_optional,
+    run_app,
+)
 
 app = typer.Typer(
     help="The central: consolidates device models into one multi-task model without any device data.\n\n"
@@ -34,17 +41,21 @@ def init(
     ] = None,
     out: Annotated[Path, typer.Option(help="where to write the bundle")] = Path("central-0.safetensors"),
     seed: Annotated[int, typer.Option(help="initialisation seed")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object: out, id, arch, labels")] = False,
 ) -> None:
     """Create central-0: a fresh model over the whole label list, the root of every lineage.
 
-    Example: [bold]central init --arch cnn-s --labels labels.txt --input-shape 1x16x16 --out central-0.safetensors[/]
+    Example: [bold]central init --arch cnn-s --labels labels.txt --input-shape 1x16x16 --out central-0.safetensors --json[/]
     """
     from central.create import init_central, read_labels
     from edge_agent.inputs import parse_shape
 
+    refuse_overwrite(out, force)
     names = read_labels(labels)
     bid = init_central(arch, names, out, parse_shape(input_shape) if input_shape else None, seed=seed)
-    typer.echo(f"wrote {out} ({arch}, {len(names)} labels) id {bid}")
+    emit(as_json, {"out": str(out), "id": bid, "arch": arch, "labels": names},
+         f"wrote {out} ({arch}, {len(names)} labels) id {bid}")
 
 
 def _methods_help() -> str:
@@ -92,13 +103,17 @@ def consolidate(
     server: Annotated[Optional[str], typer.Option(envvar="CENTRAL_SERVER", help="with --from-queue: central URL")] = None,
     admin_token: Annotated[Optional[str], typer.Option(envvar="CENTRAL_ADMIN_TOKEN", help="with --from-queue")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="with --from-queue: read the admin token here")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON object: out, id, method, trained_classes, steps")
+    ] = False,
 ) -> None:
     """Consolidate device models into the central model, data-free (DAC).
 
     Under torchrun every rank runs this same command
     (torchrun --nproc_per_node 4 $(which central) consolidate ...); --nproc N starts N ranks here.
 
-    Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors[/]
+    Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors --json[/]
     """
     import os
 
@@ -113,10 +128,14 @@ def consolidate(
         from central.server.admin import consolidate_from_queue
 
         result = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg)
-        typer.echo(json.dumps(result, indent=2))
+        emit(True, result)  # JSON with or without --json: what it returns has no one-line form
         return
     if base is None or not incoming or out is None:
         raise ValueError("give --base, at least one --incoming and --out (or --from-queue)")
+    from central.distributed import RANK_ENV
+
+    if not os.environ.get(RANK_ENV["report_dir"]):  # a rank started by --nproc: the launcher checked already
+        refuse_overwrite(out, force)
     if "WORLD_SIZE" in os.environ:
         # One rank of a torchrun job (started by --nproc, or by a person on several machines).
         from central.distributed import DistributedJob, rank_settings, run_rank
@@ -137,7 +156,7 @@ def consolidate(
         r = consolidate_files(base, list(incoming), out, ood=ood, method=method, cfg=cfg)
     starts = [s["student_init"]["chosen"] for s in r.get("steps", []) if "student_init" in s]
     began = f"; student started from {', '.join(starts)}" if starts else ""
-    typer.echo(f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes{began}) id {r['id']}")
+    emit(as_json, r, f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes{began}) id {r['id']}")
 
 
 @app.command()
@@ -148,7 +167,9 @@ def evaluate(
     stream: Annotated[
         Optional[Path], typer.Option(help="stream.json naming each experience's classes (default: next to --data)")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="print the report as one JSON object: accuracy, n, per_class, per_experience")
+    ] = False,
 ) -> None:
     """Accuracy overall, per class and per experience (class-incremental and task-aware).
 
@@ -158,7 +179,7 @@ def evaluate(
 
     report = evaluate_path(model, data, stream)
     if json_out:
-        typer.echo(json.dumps(report, indent=2))
+        emit(True, report)
         return
     print_report(report)
 

@@ -74,6 +74,20 @@ def evaluate_model(
     return evaluate_logits(predict_logits(model, data.x), labels, data, known, experiences)
 
 
+def evaluate_bundle(bundle_path: Path, data: Path, experiences: list[dict] | None = None) -> dict:
+    """Accuracy report (see :func:`evaluate_logits`) of a bundle's torch model on ``data`` (its test split if it has one)."""
+    from edge_agent.bundle import load_bundle
+    from edge_agent.train import load_local_data
+
+    bundle = load_bundle(bundle_path)
+    samples = load_local_data(data, bundle, split="testing")
+    known = bundle.manifest.trained_classes or bundle.labels
+    report = evaluate_logits(predict_logits(bundle.model, samples.x), bundle.labels, samples, known, experiences)
+    report["known_classes"] = known
+    report["model"] = {"id": bundle.id, "arch": bundle.manifest.arch, "method": bundle.manifest.method}
+    return report
+
+
 def _load_kit_data(path: Path, spec) -> LabeledSet:
     if spec.kind == "audio":
         from edge_agent.audio.frontend import AudioFrontend

@@ -219,11 +219,13 @@ def export_bundle(
     out: str | Path,
     calibration: Iterable[np.ndarray] | None = None,
     calib_samples: int = 256,
+    int8_min_top1: float = INT8_MIN_TOP1,
 ) -> KitResult:
     """Export a model bundle (``.safetensors``) to a kit; ``format`` is ``onnx``, ``tflite`` or ``all``.
 
     Without ``calibration``, int8 calibrates on the bundled OOD source (a photo
     or a speech clip, augmented as in consolidation): the central has no real data.
+    ``int8_min_top1``: the share of held-out inputs (0..1) on which int8 must keep torch's top-1.
     """
     from edge_agent.bundle import load_bundle
 
@@ -244,5 +246,5 @@ def export_bundle(
     }
     return write_kit(
         bundle.model, spec, bundle.labels, bundle.id, out, formats, quantize, calibration,
-        calib_samples=calib_samples, lineage=lineage,
+        calib_samples=calib_samples, lineage=lineage, int8_min_top1=int8_min_top1,
     )

@@ -8,7 +8,6 @@ unreachable, try again later (the work is kept, e.g. in the outbox).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from edge_agent.cli_support import EXIT_REFUSED, EXIT_USAGE, fail, friendly
+from edge_agent.cli_support import EXIT_REFUSED, EXIT_USAGE, emit, fail, friendly, note
 from edge_agent.client.state import AgentHome, Enrollment
 
 # httpx and cryptography are imported by the commands that talk to the central, not when the app is built:
@@ -32,8 +31,11 @@ def _client(home: AgentHome) -> CentralClient:
     return CentralClient(enr.server, enr.token)
 
 
-def _deliver(home: AgentHome, client: CentralClient) -> tuple[int, int]:
-    """Deliver the outbox; returns (delivered, rejected). Unreachable propagates (exit 75)."""
+JSON = typer.Option(False, "--json", help="print one JSON object on stdout (notes go to stderr)")
+
+
+def _deliver(home: AgentHome, client: CentralClient, as_json: bool = False) -> list[dict]:
+    """Deliver the outbox; one dict per bundle (``bundle_id``, ``status``, ...). Unreachable propagates (exit 75)."""
     from edge_agent.client.http import CentralUnreachable
     from edge_agent.client.outbox import Outbox
 
@@ -44,16 +46,20 @@ def _deliver(home: AgentHome, client: CentralClient) -> tuple[int, int]:
         n = len(outbox.pending())
         typer.echo(f"central unreachable: {n} upload(s) kept in the outbox {home.outbox}; run `edge-agent sync` later", err=True)
         raise
-    ok = rej = 0
+    done = []
     for r in results:
         if r.status == "rejected":
-            rej += 1
             typer.echo(f"rejected {r.bundle_id[:12]}: {r.detail} (moved to {outbox.rejected})", err=True)
         else:
-            ok += 1
+            # Without --json this line is the result (stdout); with it, the JSON is.
             typer.echo(f"delivered {r.bundle_id[:12]} ({'already stored' if r.status == 'duplicate' else 'stored'}"
-                       f", upload #{r.upload_id})")
-    return ok, rej
+                       f", upload #{r.upload_id})", err=as_json)
+        done.append({"bundle_id": r.bundle_id, "status": r.status, "upload_id": r.upload_id, "detail": r.detail})
+    return done
+
+
+def _rejected(done: list[dict]) -> int:
+    return sum(d["status"] == "rejected" for d in done)
 
 
 def register(app: typer.Typer) -> None:
@@ -65,6 +71,7 @@ def register(app: typer.Typer) -> None:
         server: Annotated[str, typer.Option(help="central URL, e.g. http://central:8080")],
         token: Annotated[str, typer.Option(help="one-time enrolment token from `central devices add`")],
         force: bool = typer.Option(False, help="replace an existing enrolment"),
+        as_json: bool = JSON,
     ) -> None:
         """Enrol this device with the central and pin the central's signing key.
 
@@ -79,31 +86,34 @@ def register(app: typer.Typer) -> None:
             body = c.post_json("/v1/enroll", {"token": token})
         home.save_enrollment(Enrollment(server=server.rstrip("/"), device=body["device"], token=body["token"],
                                         public_key=body["public_key"]))
-        typer.echo(f"enrolled as {body['device']} with {server}; central key pinned ({body['public_key'][:16]}…)")
+        emit(as_json, {"device": body["device"], "server": server.rstrip("/"), "public_key": body["public_key"]},
+             f"enrolled as {body['device']} with {server}; central key pinned ({body['public_key'][:16]}…)")
 
     @app.command()
     @friendly
-    def pull() -> None:
+    def pull(as_json: bool = JSON) -> None:
         """Download the current central model (signed, verified, never older than the one we have).
 
-        Example: [bold]edge-agent pull[/]
+        Example: [bold]edge-agent pull --json[/]
         """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
         with _client(home) as c:
             p = pull_model(c, home)
-        typer.echo(f"{'pulled' if p.updated else 'up to date:'} central v{p.version} -> {p.path}")
+        emit(as_json, {"updated": p.updated, "version": p.version, "path": str(p.path)},
+             f"{'pulled' if p.updated else 'up to date:'} central v{p.version} -> {p.path}")
 
     @app.command()
     @friendly
     def upload(
         file: Annotated[Path, typer.Argument(help="a bundle this device fine-tuned")],
         base_version: int = typer.Option(None, help="central version it was fine-tuned from (default: from its manifest)"),
+        as_json: bool = JSON,
     ) -> None:
         """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox).
 
-        Example: [bold]edge-agent upload dev1.safetensors --base-version 3[/]
+        Example: [bold]edge-agent upload dev1.safetensors --base-version 3 --json[/]
         """
         # torch is imported only when a bundle is really read: enroll/sync stay fast.
         from edge_agent.bundle import load_bundle
@@ -112,27 +122,29 @@ def register(app: typer.Typer) -> None:
         home = AgentHome()
         load_bundle(file)  # refuse a broken file here, not after it sat in the outbox
         entry = Outbox(home.outbox).add(file, base_version)
-        typer.echo(f"queued {entry.bundle_id[:12]} in the outbox")
+        note(f"queued {entry.bundle_id[:12]} in the outbox")
         with _client(home) as c:
-            _ok, rej = _deliver(home, c)
-        if rej:
+            done = _deliver(home, c, as_json)
+        emit(as_json, {"bundle_id": entry.bundle_id, "deliveries": done})
+        if _rejected(done):
             raise typer.Exit(EXIT_REFUSED)
 
     @app.command()
     @friendly
-    def sync() -> None:
+    def sync(as_json: bool = JSON) -> None:
         """Deliver the outbox (each bundle exactly once) and pull the current model.
 
-        Example: [bold]edge-agent sync[/]
+        Example: [bold]edge-agent sync --json[/]
         """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
         with _client(home) as c:
-            _ok, rej = _deliver(home, c)
+            done = _deliver(home, c, as_json)
             p = pull_model(c, home)
-        typer.echo(f"{'pulled' if p.updated else 'up to date:'} central v{p.version}")
-        if rej:
+        emit(as_json, {"deliveries": done, "model": {"updated": p.updated, "version": p.version, "path": str(p.path)}},
+             f"{'pulled' if p.updated else 'up to date:'} central v{p.version}")
+        if _rejected(done):
             raise typer.Exit(EXIT_REFUSED)
 
     @app.command()
@@ -144,10 +156,11 @@ def register(app: typer.Typer) -> None:
         loss: Optional[str] = typer.Option(
             None, help="ce, bce-noise or bce-jigsaw, as for edge-agent train (default: bce-jigsaw for images, ce for audio)"
         ),
+        as_json: bool = JSON,
     ) -> None:
         """Pull the current model, fine-tune it on local data, upload the result, in one go.
 
-        Example: [bold]edge-agent run --data photos/ --epochs 30 --seed 1[/]
+        Example: [bold]edge-agent run --data photos/ --epochs 30 --seed 1 --json[/]
         """
         from edge_agent.client.outbox import Outbox
         from edge_agent.client.pull import pull_model
@@ -155,15 +168,17 @@ def register(app: typer.Typer) -> None:
 
         home = AgentHome()
         with _client(home) as c:
-            _deliver(home, c)  # earlier work first: arrival order is consolidation order
+            earlier = _deliver(home, c, as_json)  # earlier work first: arrival order is consolidation order
             p = pull_model(c, home)
             out = home.trained / f"from-v{p.version}-{time.strftime('%Y%m%dT%H%M%S')}.safetensors"
             cfg = TrainConfig(epochs=epochs, seed=seed, batch_size=None, loss=loss)  # None: the device default for its kind
             info = train_bundle(p.path, data, out, cfg=cfg, progress=sys.stderr.isatty())
-            typer.echo(f"trained on {', '.join(info['classes'])} -> {out}")
+            typer.echo(f"trained on {', '.join(info['classes'])} -> {out}", err=as_json)
             Outbox(home.outbox).add(out, p.version)
-            _ok, rej = _deliver(home, c)
-        if rej:
+            done = earlier + _deliver(home, c, as_json)
+        emit(as_json, {"model": {"updated": p.updated, "version": p.version, "path": str(p.path)},
+                       "trained": info, "deliveries": done})
+        if _rejected(done):
             raise typer.Exit(EXIT_REFUSED)
 
     @app.command("pull-kit")
@@ -172,24 +187,25 @@ def register(app: typer.Typer) -> None:
         format: str = typer.Option("tflite-int8", "--format", help="onnx-int8, tflite-int8, onnx-fp32, ..."),
         version: int = typer.Option(None, help="central version (default: the current one)"),
         wait: float = typer.Option(120.0, help="seconds to wait for a kit the central is still building"),
+        as_json: bool = JSON,
     ) -> None:
         """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure.
 
-        Example: [bold]edge-agent pull-kit --format tflite-int8 --wait 300[/]
+        Example: [bold]edge-agent pull-kit --format tflite-int8 --wait 300 --json[/]
         """
         from edge_agent.client.kits import install_kit
 
         home = AgentHome()
         with _client(home) as c:
             k = install_kit(c, home, format, version=version, wait_s=wait)
-        if k.updated:
-            typer.echo(f"installed {format} kit v{k.version} -> {home.kits / format / 'current'} (smoke: {k.smoke})")
-        else:
-            typer.echo(f"up to date: {format} kit v{k.version}")
+        path = home.kits / format / "current"
+        emit(as_json, {"format": format, "version": k.version, "updated": k.updated, "path": str(path), "smoke": k.smoke},
+             f"installed {format} kit v{k.version} -> {path} (smoke: {k.smoke})" if k.updated
+             else f"up to date: {format} kit v{k.version}")
 
     @app.command()
     @friendly
-    def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    def status(as_json: bool = JSON) -> None:
         """What this agent has: enrolment, model version, kits, outbox.
 
         Example: [bold]edge-agent status --json[/]
@@ -205,7 +221,7 @@ def register(app: typer.Typer) -> None:
                 "model": str(home.current_model() or ""), "kits": kits,
                 "outbox": [e.bundle_id for e in Outbox(home.outbox).pending()]}
         if as_json:
-            typer.echo(json.dumps(info, indent=2))
+            emit(True, info)
             return
         typer.echo(f"device {enr.device} at {enr.server} (home {home.root})")
         typer.echo(f"model: v{st.model_version} {info['model']}")
