@@ -109,3 +109,125 @@ def test_central_init_and_consolidate_print_json_and_need_force(tmp_path, centra
     assert p.returncode == 2 and p.stdout == "" and "--force" in p.stderr and c1.read_bytes() == before
     p = run(*consolidate, "--seed", "1", "--force", "--json")
     assert p.returncode == 0 and one_json_object(p.stdout)["id"] != r["id"]
+
+
+def test_export_json_eval_log_and_the_parity_gate(tmp_path, device_bundle, split_digits):
+    kit = tmp_path / "kit"
+    export = ("central", "export", "--model", str(device_bundle), "--format", "onnx", "--quantize", "int8", "--out", str(kit))
+    p = run(*export, "--eval-data", str(split_digits / "test"), "--json")
+    assert p.returncode == 0, p.stderr
+    r = one_json_object(p.stdout)  # the converters' warnings did not land on stdout
+    log = tmp_path / "kit.export.log"
+    assert r["kit"] == str(kit) and r["log"] == str(log)
+    (art,) = r["artifacts"]
+    assert art["file"] == "model.int8.onnx" and art["bytes"] == (kit / "model.int8.onnx").stat().st_size
+    # The default gate: 0.97 of the held-out calibration inputs keep torch's top-1.
+    assert art["parity"]["min_agreement"] == 0.97 and art["parity"]["passed"]
+    assert art["parity"]["top1_agreement"] >= 0.97 and art["parity"]["samples"] == 128
+    ev = r["eval"]
+    assert ev["data"] == str(split_digits / "test") and ev["n"] > 300
+    got = ev["artifacts"]["model.int8.onnx"]
+    assert got["n"] == ev["n"] and 0 < got["accuracy"] <= 1
+    assert got["drop_points"] == pytest.approx(100 * (ev["bundle"]["accuracy"] - got["accuracy"]))
+    # The same figures as `central evaluate` gives for the bundle on that folder.
+    q = run("central", "evaluate", "--model", str(device_bundle), "--data", str(split_digits / "test"), "--json")
+    assert one_json_object(q.stdout)["accuracy"] == pytest.approx(ev["bundle"]["accuracy"])
+    # Converter noise went to the log, and one line on stderr says where.
+    text = log.read_text()
+    assert "WARNING" in text or "Warning" in text, text[:500]
+    assert f"converter output: {log}" in p.stderr and "WARNING" not in p.stderr
+    assert sorted(f.name for f in kit.iterdir()) == ["manifest.json", "model.int8.onnx"]
+
+    # An existing kit needs --force.
+    manifest = (kit / "manifest.json").read_bytes()
+    p = run(*export)
+    assert p.returncode == 2 and "--force" in p.stderr
+
+    # A kit below the required agreement is refused (exit 1) naming the measured agreement; the old kit stays.
+    p = run(*export, "--force", "--min-agreement", "1.01", "--json")
+    assert p.returncode == 1 and p.stdout == "", p.stderr
+    err = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and f"top-1 agreement with torch {art['parity']['top1_agreement']:.3f}" in err[0]
+    assert "below the required 1.01" in err[0] and "--min-agreement" in err[0]
+    assert (kit / "manifest.json").read_bytes() == manifest
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["kit", "kit.export.log"]  # no half-built kit left
+
+
+def test_export_verbose_shows_converters_on_stderr_and_quiet_says_nothing(tmp_path, device_bundle):
+    p = run("central", "--verbose", "export", "--model", str(device_bundle), "--quantize", "int8",
+            "--out", str(tmp_path / "kit"), "--json")
+    assert p.returncode == 0, p.stderr
+    r = one_json_object(p.stdout)
+    assert r["log"] is None and not (tmp_path / "kit.export.log").exists()
+    assert "WARNING" in p.stderr or "Warning" in p.stderr
+    p = run("central", "--quiet", "export", "--model", str(device_bundle), "--out", str(tmp_path / "fp32"))
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert "model.onnx: max|dlogit|=" in p.stdout and f"kit: {tmp_path / 'fp32'}" in p.stdout
+    assert (tmp_path / "fp32.export.log").is_file()
+    p = run("central", "--quiet", "--verbose", "init", "--labels", "x.txt")
+    assert p.returncode == 2 and "exclude each other" in p.stderr
+
+
+def test_a_clipped_calibration_is_refused_by_the_default_gate(tmp_path, device_bundle):
+    """Calibration ranges 15 % too narrow clip activations: the kit changes decisions, and the export stops."""
+    from edge_agent.bundle import load_bundle
+    from export.calibration import ood_batches
+    from export.kit import write_kit
+    from export.parity import INT8_MIN_TOP1, ParityError
+
+    b = load_bundle(device_bundle)
+    pool = np.concatenate(list(ood_batches(None, b.input_spec, 384)))
+    calib, held = pool[:256], pool[256:]
+    args = (b.model, b.input_spec, b.labels, b.id)
+    good = write_kit(*args, tmp_path / "good", ("onnx",), "int8", [calib], parity_inputs=held)
+    assert good.parity[0].top1_agreement >= INT8_MIN_TOP1
+    with pytest.raises(ParityError) as e:
+        write_kit(*args, tmp_path / "clipped", ("onnx",), "int8", [calib * 0.85], parity_inputs=held)
+    msg = str(e.value)
+    assert "model.int8.onnx (int8): top-1 agreement with torch 0." in msg and "below the required 0.97" in msg
+    measured = float(msg.split("top-1 agreement with torch ")[1].split()[0])
+    assert measured < INT8_MIN_TOP1
+    assert not (tmp_path / "clipped" / "manifest.json").exists()
+
+
+def test_agent_verbs_print_one_json_object(tmp_path, split_digits):
+    """pull, pull-kit, status, upload, sync and run against a real central on 127.0.0.1."""
+    from test_server_support import ServerProc, agent, central, enrol, make_central
+
+    server = ServerProc(tmp_path / "central-data", args=["--kit-formats", "onnx-fp32"])
+    server.start()
+    try:
+        c0 = tmp_path / "central-0.safetensors"
+        make_central(c0)
+        assert central(server, "publish", str(c0)).returncode == 0
+        home = tmp_path / "agent"
+        enrol(server, home, "json-pi")
+
+        p = agent(home, "pull", "--json")
+        assert p.returncode == 0, p.stderr
+        pulled = one_json_object(p.stdout)
+        assert pulled["updated"] is True and pulled["version"] >= 1 and Path(pulled["path"]).is_file()
+        p = agent(home, "pull-kit", "--format", "onnx-fp32", "--wait", "120", "--json")
+        assert p.returncode == 0, p.stderr
+        k = one_json_object(p.stdout)
+        assert k["format"] == "onnx-fp32" and k["updated"] and (Path(k["path"]) / "manifest.json").is_file()
+        assert k["smoke"]
+
+        p = agent(home, "run", "--data", str(split_digits / "dev1"), "--epochs", "1", "--json")
+        assert p.returncode == 0, p.stderr
+        r = one_json_object(p.stdout)  # the "delivered" and "trained on" lines went to stderr
+        assert r["model"]["version"] == pulled["version"] and r["trained"]["classes"] == ["0", "1"]
+        assert [d["status"] for d in r["deliveries"]] == ["stored"] and "delivered" in p.stderr
+
+        p = agent(home, "upload", r["trained"]["out"], "--json")
+        assert p.returncode == 0, p.stderr
+        u = one_json_object(p.stdout)
+        assert u["bundle_id"] == r["trained"]["id"] and [d["status"] for d in u["deliveries"]] == ["duplicate"]
+
+        p = agent(home, "sync", "--json")
+        assert p.returncode == 0 and one_json_object(p.stdout) == {
+            "deliveries": [], "model": {"updated": False, "version": pulled["version"], "path": pulled["path"]}}
+        st = one_json_object(agent(home, "status", "--json").stdout)
+        assert st["device"] == "json-pi" and st["kits"]["onnx-fp32"]["version"] == k["version"] and st["outbox"] == []
+    finally:
+        server.stop()
