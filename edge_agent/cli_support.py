@@ -232,7 +232,7 @@ def add_version_option(app: typer.Typer) -> None:
             bool, typer.Option("--quiet", "-q", help="no progress bars or notes on stderr: only the result and errors")
         ] = False,
         verbose: Annotated[
-            bool, typer.Option("--verbose", "-v", help="more detail on stderr, converter output included (not to a log)")
+            bool, typer.Option("--verbose", "-v", help="show what the converters print on stderr (central export), not in OUT.export.log")
         ] = False,
     ) -> None:
         if quiet and verbose:

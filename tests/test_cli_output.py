@@ -124,6 +124,8 @@ def test_export_json_eval_log_and_the_parity_gate(tmp_path, device_bundle, split
     # The default gate: 0.97 of the held-out calibration inputs keep torch's top-1.
     assert art["parity"]["min_agreement"] == 0.97 and art["parity"]["passed"]
     assert art["parity"]["top1_agreement"] >= 0.97 and art["parity"]["samples"] == 128
+    # The decision is the argmax over the classes the device trained (0 and 1), as accuracy is.
+    assert art["parity"]["decision_classes"] == 2 and 0 <= art["parity"]["top1_agreement_all_labels"] <= 1
     ev = r["eval"]
     assert ev["data"] == str(split_digits / "test") and ev["n"] > 300
     got = ev["artifacts"]["model.int8.onnx"]
@@ -166,6 +168,14 @@ def test_export_verbose_shows_converters_on_stderr_and_quiet_says_nothing(tmp_pa
     assert (tmp_path / "fp32.export.log").is_file()
     p = run("central", "--quiet", "--verbose", "init", "--labels", "x.txt")
     assert p.returncode == 2 and "exclude each other" in p.stderr
+
+
+def test_central0_has_no_decision_to_keep_and_gets_the_loose_floor(tmp_path, central0):
+    from export.kit import export_bundle
+    from export.parity import UNTRAINED_MIN_TOP1
+
+    (report,) = export_bundle(central0, "onnx", "int8", tmp_path / "kit").parity
+    assert report.min_agreement == UNTRAINED_MIN_TOP1 and report.decision_classes == 10 and report.passed
 
 
 def test_a_clipped_calibration_is_refused_by_the_default_gate(tmp_path, device_bundle):
