@@ -140,7 +140,7 @@ def export_command(
     lines += [f"{out / name}: {info['bytes'] / 1024:.1f} KiB sha256 {info['sha256'][:12]}" for name, info in files.items()]
     if evaluation is not None:
         lines.append(f"task accuracy on {eval_data} ({evaluation['n']} samples): bundle {evaluation['bundle']['accuracy']:.4f}")
-        lines += [f"  {name}: {r['accuracy']:.4f} ({-r['drop_points']:+.2f} points)" for name, r in evaluation["artifacts"].items()]
+        lines += [f"  {name}: {r['accuracy']:.4f} ({0.0 - r['drop_points']:+.2f} points)" for name, r in evaluation["artifacts"].items()]
     lines.append(f"kit: {out}")
     emit(as_json, summary, "\n".join(lines))
 

@@ -109,6 +109,10 @@ def test_central_init_and_consolidate_print_json_and_need_force(tmp_path, centra
     assert p.returncode == 2 and p.stdout == "" and "--force" in p.stderr and c1.read_bytes() == before
     p = run(*consolidate, "--seed", "1", "--force", "--json")
     assert p.returncode == 0 and one_json_object(p.stdout)["id"] != r["id"]
+    # The ranks that --nproc starts run the same command without --force: the launcher checked for them.
+    p = run(*consolidate, "--nproc", "2", "--force", "--json")
+    assert p.returncode == 0, p.stderr
+    assert one_json_object(p.stdout)["out"] == str(c1)
 
 
 def test_export_json_eval_log_and_the_parity_gate(tmp_path, device_bundle, split_digits):
