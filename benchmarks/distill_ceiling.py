@@ -25,11 +25,11 @@ import torch
 from benchmarks.dcl import RESULTS, load_stream
 from benchmarks.variants import centred_targets
 from central.consolidate import class_support, known_mask, support_tensor
-from central.evaluate import evaluate_logits, predict_logits
 from central.methods import Teacher
 from central.methods.distill import logit_targets
 from central.stream import write_json
 from edge_agent.bundle import load_bundle
+from edge_agent.evaluate import evaluate_logits, predict_logits
 
 
 def ceiling(stream: str, work: Path, seed: int, split: str) -> dict:

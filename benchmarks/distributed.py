@@ -37,12 +37,12 @@ sys.path[:0] = [str(REPO)]
 from central.consolidate import consolidate_files  # noqa: E402
 from central.demo import split_digits_stream  # noqa: E402
 from central.distributed import consolidate_distributed  # noqa: E402
-from central.evaluate import evaluate_model  # noqa: E402
 from central.init import init_central  # noqa: E402
 from central.methods import ConsolidationConfig  # noqa: E402
 from central.metrics import summarize  # noqa: E402
 from central.stream import Stream, train_devices  # noqa: E402
 from edge_agent.bundle import load_bundle  # noqa: E402
+from edge_agent.evaluate import evaluate_model  # noqa: E402
 from edge_agent.train import TrainConfig  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "distributed"

@@ -43,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from central.demo_audio import kws_stream, synthetic_speech  # noqa: E402
-from central.evaluate import evaluate_logits, predict_logits  # noqa: E402
 from central.init import init_central  # noqa: E402
 from central.methods import ConsolidationConfig  # noqa: E402
 from central.stream import run_stream as consolidate_stream  # noqa: E402
@@ -52,6 +51,7 @@ from edge_agent.audio.frontend import AudioFrontend  # noqa: E402
 from edge_agent.bundle import load_bundle  # noqa: E402
 from edge_agent.data.ood import open_ood  # noqa: E402
 from edge_agent.data.speech_synth import CORE_WORDS  # noqa: E402
+from edge_agent.evaluate import evaluate_logits, predict_logits  # noqa: E402
 from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, train_bundle  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "kws"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.cli_support import EXIT_CODES_HELP, add_version_option, friendly, register_optional, run_app
+from edge_agent.cli_support import (
+    EXIT_CODES_HELP,
+    add_version_option,
+    emit,
+    friendly,
+    refuse_overwrite,
+    register_optional,
+    run_app,
+)
 from edge_agent.ood_sources import ood_help
 
 app = typer.Typer(
@@ -35,17 +42,21 @@ def init(
     ] = None,
     out: Annotated[Path, typer.Option(help="where to write the bundle")] = Path("central-0.safetensors"),
     seed: Annotated[int, typer.Option(help="initialisation seed")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object: out, id, arch, labels")] = False,
 ) -> None:
     """Create central-0: a fresh model over the whole label list, the root of every lineage.
 
-    Example: [bold]central init --arch cnn-s --labels labels.txt --input-shape 1x16x16 --out central-0.safetensors[/]
+    Example: [bold]central init --arch cnn-s --labels labels.txt --input-shape 1x16x16 --out central-0.safetensors --json[/]
     """
     from central.init import init_central, read_labels
     from edge_agent.inputs import parse_shape
 
+    refuse_overwrite(out, force)
     names = read_labels(labels)
     bid = init_central(arch, names, out, parse_shape(input_shape) if input_shape else None, seed=seed)
-    typer.echo(f"wrote {out} ({arch}, {len(names)} labels) id {bid}")
+    emit(as_json, {"out": str(out), "id": bid, "arch": arch, "labels": names},
+         f"wrote {out} ({arch}, {len(names)} labels) id {bid}")
 
 
 labels_app = typer.Typer(no_args_is_help=True, help="Read or grow a central's label list.")
@@ -66,7 +77,7 @@ def labels_list(
 
     m = load_bundle(model).manifest
     if as_json:
-        typer.echo(json.dumps({"labels": m.labels, "trained_classes": m.trained_classes}, indent=2))
+        emit(True, {"labels": m.labels, "trained_classes": m.trained_classes})
         return
     for i, c in enumerate(m.labels):
         typer.echo(f"{i:>4}  {c}{'' if c in m.trained_classes else '  (not trained yet)'}")
@@ -100,7 +111,7 @@ def labels_add(
                             extra={**m.extra, "added_labels": list(label)})
     bid = save_bundle(grown.model, manifest, out)
     if as_json:
-        typer.echo(json.dumps({"id": bid, "out": str(out), "labels": grown.labels, "added_labels": list(label)}, indent=2))
+        emit(True, {"id": bid, "out": str(out), "labels": grown.labels, "added_labels": list(label)})
         return
     typer.echo(f"wrote {out}: {len(grown.labels)} labels ({len(label)} added: {', '.join(label)}) id {bid}")
 
@@ -145,7 +156,10 @@ def consolidate(
     admin_token: Annotated[Optional[str], typer.Option(envvar="CENTRAL_ADMIN_TOKEN", help="with --from-queue")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="with --from-queue: read the admin token here")] = None,
     limit: Annotated[Optional[int], typer.Option(help="with --from-queue: consolidate at most this many uploads")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON object: out, id, method, labels, trained_classes, steps")
+    ] = False,
 ) -> None:
     """Consolidate device models into the central model, data-free (DAC).
 
@@ -155,7 +169,7 @@ def consolidate(
     With --from-queue it takes the server's queued uploads in arrival order, consolidates them
     into the current version with these same settings and publishes the result.
 
-    Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors[/]
+    Example: [bold]central consolidate --base central-0.safetensors --incoming dev1.safetensors --out central-1.safetensors --json[/]
     """
     import os
 
@@ -171,16 +185,19 @@ def consolidate(
 
         r = consolidate_from_queue(server, admin_token, data_dir, ood=ood, method=method, cfg=cfg,
                                    limit=limit, progress=not as_json)
-        if as_json:
-            typer.echo(json.dumps(r, indent=2))
-        elif r["version"] is None:
-            typer.echo("the queue is empty: nothing to consolidate")
+        if r["version"] is None:
+            text = "the queue is empty: nothing to consolidate"
         else:
-            typer.echo(f"consolidated {len(r['consolidated'])} upload(s) into v{r['base_version']} "
-                       f"-> published v{r['version']} ({r['bundle_id'][:12]}…)")
+            text = (f"consolidated {len(r['consolidated'])} upload(s) into v{r['base_version']} "
+                    f"-> published v{r['version']} ({r['bundle_id'][:12]}…)")
+        emit(as_json, r, text)
         return
     if base is None or not incoming or out is None:
         raise ValueError("give --base, at least one --incoming and --out (or --from-queue)")
+    from central.distributed import RANK_ENV
+
+    if not os.environ.get(RANK_ENV["report_dir"]):  # a rank started by --nproc: the launcher checked already
+        refuse_overwrite(out, force)
     if "WORLD_SIZE" in os.environ:
         # One rank of a torchrun job (started by --nproc, or by a person on several machines).
         from central.distributed import DistributedJob, rank_settings, run_rank
@@ -201,10 +218,7 @@ def consolidate(
         r = consolidate_files(base, list(incoming), out, ood=ood, method=method, cfg=cfg)
     starts = [s["student_init"]["chosen"] for s in r.get("steps", []) if "student_init" in s]
     began = f"; student started from {', '.join(starts)}" if starts else ""
-    if as_json:
-        typer.echo(json.dumps(r, indent=2))
-        return
-    typer.echo(f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes{began}) id {r['id']}")
+    emit(as_json, r, f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes{began}) id {r['id']}")
 
 
 @app.command()
@@ -218,7 +232,7 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="print a JSON o
 
     found = {name: get_method(name).summary for name in list_methods()}
     if as_json:
-        typer.echo(json.dumps({"methods": found}, indent=2))
+        emit(True, {"methods": found})
         return
     table = Table("method", "what it does")
     for name, summary in found.items():
@@ -234,7 +248,9 @@ def evaluate(
     stream: Annotated[
         Optional[Path], typer.Option(help="stream.json naming each experience's classes (default: next to --data)")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="print the report as one JSON object: accuracy, n, per_class, per_experience")
+    ] = False,
 ) -> None:
     """Accuracy overall, per class and per experience (class-incremental and task-aware).
 
@@ -244,7 +260,7 @@ def evaluate(
 
     report = evaluate_path(model, data, stream)
     if json_out:
-        typer.echo(json.dumps(report, indent=2))
+        emit(True, report)
         return
     print_report(report)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from central.evaluate import evaluate_logits, predict_logits
-from edge_agent.bundle import load_bundle
-from edge_agent.train import load_local_data
+from edge_agent.evaluate import evaluate_bundle, evaluate_kit
 
 
 def _experiences(data: Path, stream: Path | None) -> list[dict] | None:
@@ -20,13 +18,5 @@ def _experiences(data: Path, stream: Path | None) -> list[dict] | None:
 def evaluate_path(model: Path, data: Path, stream: Path | None = None) -> dict:
     """Report for a bundle file or a kit folder on ``data`` (its test split when it has one)."""
     if model.is_dir():
-        from export.evaluate import evaluate_kit
-
         return evaluate_kit(model, data, _experiences(data, stream))
-    bundle = load_bundle(model)
-    samples = load_local_data(data, bundle, split="testing")
-    known = bundle.manifest.trained_classes or bundle.labels
-    report = evaluate_logits(predict_logits(bundle.model, samples.x), bundle.labels, samples, known, _experiences(data, stream))
-    report["known_classes"] = known
-    report["model"] = {"id": bundle.id, "arch": bundle.manifest.arch, "method": bundle.manifest.method}
-    return report
+    return evaluate_bundle(model, data, _experiences(data, stream))

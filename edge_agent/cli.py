@@ -11,7 +11,10 @@ from edge_agent.cli_support import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
     add_version_option,
+    emit,
     friendly,
+    note,
+    refuse_overwrite,
     register_optional,
     run_app,
 )
@@ -61,30 +64,41 @@ def train(
             help="bce-noise and bce-jigsaw: weight of the negatives term, 0 for plain one-vs-rest BCE (default: 0.3)"
         ),
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="discard the checkpoint next to --out and train from epoch 0")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON object: out, id, classes, metrics, resumed_from_epoch")
+    ] = False,
 ) -> None:
     """Fine-tune the central model on this device's classes only (masked logits).
 
-    Interrupted? Run the same command again: it resumes from the checkpoint next to --out.
+    Interrupted? Run the same command again: it resumes from the checkpoint next to --out
+    (--fresh starts over; changed settings such as --epochs need --fresh).
 
-    Example: [bold]edge-agent train --model central-0.safetensors --data dev1/ --out dev1.safetensors --epochs 30 --seed 1[/]
+    Example: [bold]edge-agent train --model central-0.safetensors --data dev1/ --out dev1.safetensors --epochs 30 --seed 1 --json[/]
     """
     from dataclasses import replace
 
     from edge_agent.train import Interrupted, TrainConfig, train_bundle
 
+    refuse_overwrite(out, force)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction, loss=loss)
     if negatives is not None:
         cfg = replace(cfg, negatives=negatives)
     try:
-        r = train_bundle(model, data, out, cfg)
+        r = train_bundle(model, data, out, cfg, fresh=fresh)
     except (KeyboardInterrupt, Interrupted):
         typer.secho(f"interrupted: run the same command again to resume from {out}.ckpt", err=True, fg="yellow")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if r["resumed_from_epoch"]:
+        note(f"resumed from epoch {r['resumed_from_epoch']} of {out}.ckpt")
     m = r["metrics"]
     val = f", local validation accuracy {m['val_accuracy']:.3f} on {m['n_val']}" if "val_accuracy" in m else ""
-    if r["added_labels"]:
-        typer.echo(f"new classes the central did not know, added to the label list: {', '.join(r['added_labels'])}")
-    typer.echo(f"wrote {out}: classes {', '.join(r['classes'])}{val}; id {r['id']}")
+    added = r["added_labels"]
+    new = f"\nnew classes the central did not know, added to the label list: {', '.join(added)}" if added else ""
+    emit(as_json, r, f"wrote {out}: classes {', '.join(r['classes'])}{val}; id {r['id']}{new}")
 
 
 @data_app.command("digits")

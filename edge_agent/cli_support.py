@@ -20,10 +20,13 @@ exception of a class whose module was never imported cannot exist.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -199,16 +202,106 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Verbosity lives in the environment so that processes a command starts (torchrun ranks) inherit it.
+VERBOSITY_ENV = "EDGE_DCL_VERBOSITY"
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+
+
+def verbosity() -> int:
+    """QUIET, NORMAL or VERBOSE, as the top-level ``--quiet`` / ``--verbose`` set it."""
+    try:
+        return max(QUIET, min(VERBOSE, int(os.environ.get(VERBOSITY_ENV, NORMAL))))
+    except ValueError:
+        return NORMAL
+
+
+def set_verbosity(level: int) -> None:
+    os.environ[VERBOSITY_ENV] = str(level)
+    if level == QUIET:
+        os.environ["EDGE_PROGRESS"] = "0"  # edge_agent.progress: no bars
+
+
 def add_version_option(app: typer.Typer) -> None:
-    """``--version`` on the app's top level: prints ``edge-dcl <version>`` and exits 0."""
+    """The app's top-level options: ``--version`` (prints ``edge-dcl <version>``), ``--quiet``, ``--verbose``."""
 
     @app.callback()
     def _top(
         version: Annotated[
             bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
         ] = False,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="no progress bars or notes on stderr: only the result and errors")
+        ] = False,
+        verbose: Annotated[
+            bool, typer.Option("--verbose", "-v", help="show what the converters print on stderr (central export), not in OUT.export.log")
+        ] = False,
     ) -> None:
-        pass
+        if quiet and verbose:
+            fail(EXIT_USAGE, "--quiet and --verbose exclude each other")
+        set_verbosity(QUIET if quiet else VERBOSE if verbose else NORMAL)
+
+
+def note(message: str) -> None:
+    """Prose for a person (what happened, where things went): stderr, silent under ``--quiet``."""
+    if verbosity() > QUIET:
+        typer.echo(message, err=True)
+
+
+def emit(as_json: bool, result: dict, text: str | None = None) -> None:
+    """A command's result on stdout: one JSON object with ``--json``, else ``text`` (one line or more)."""
+    if as_json:
+        typer.echo(json.dumps(_strict(result), indent=2, default=str))
+    elif text is not None:
+        typer.echo(text)
+
+
+def _strict(value):
+    """NaN and infinities as null: strict JSON parsers (jq, JavaScript) refuse the bare words."""
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+def refuse_overwrite(path: Path, force: bool, flag: str = "--force") -> None:
+    """Stop (exit 2) when ``path`` exists (a file, or a folder that is not empty) and ``force`` is off."""
+    path = Path(path)
+    exists = path.is_file() or (path.is_dir() and any(path.iterdir())) or path.is_symlink()
+    if exists and not force:
+        fail(EXIT_USAGE, f"{path} exists; pass {flag} to overwrite it")
+
+
+@contextlib.contextmanager
+def output_to(log: Path | None) -> Iterator[None]:
+    """Send everything written to stdout and stderr, by Python or by native code, to ``log`` (appended).
+
+    ``log=None`` sends stdout to stderr instead: what a converter prints never lands between a
+    command's results. File descriptors are redirected, so C++ loggers and child processes follow.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    target = open(log, "a", buffering=1, encoding="utf-8") if log is not None else None  # noqa: SIM115
+    py_out = target or sys.stderr
+    try:
+        os.dup2(target.fileno() if target else saved[1], 1)
+        if target:
+            os.dup2(target.fileno(), 2)
+        # Python-level too: a test runner or a wrapper may have replaced sys.stdout with an object of its own.
+        with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(target or sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        if target:
+            target.close()
 
 
 def run_app(app: typer.Typer) -> None:

@@ -248,13 +248,14 @@ def _load_checkpoint(path: Path, fp: str, model, opt: AdamCosine, g: torch.Gener
             meta = f.metadata() or {}
         tensors = load_file(str(path))
     except Exception as e:  # a checkpoint cut short by the interruption itself
-        raise DataError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0]}): delete it to start over") from None
+        raise DataError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0]}): pass --fresh to start over") from None
     if meta.get("fingerprint") != fp:
         raise DataError(
-            f"checkpoint {path} belongs to another run (model, data or settings differ): delete it to start over"
+            f"checkpoint {path} belongs to another run (model, data or settings such as --epochs differ): "
+            "pass --fresh to discard it and start over, or the same options to resume"
         )
     if "lr" not in meta:
-        raise DataError(f"checkpoint {path} was written by an older edge-agent: delete it to start over")
+        raise DataError(f"checkpoint {path} was written by an older edge-agent: pass --fresh to start over")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt.load_state_tensors(
         {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, lr=float(meta["lr"]), steps=int(meta["lr_steps"])
@@ -284,11 +285,12 @@ def train_bundle(
     cfg: TrainConfig | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    fresh: bool = False,
 ) -> dict:
     """Fine-tune the bundle at ``model_path`` on ``data_dir``; write the new bundle to ``out_path``.
 
-    Returns ``{"id", "out", "classes", "metrics"}``. The checkpoint lives next to
-    ``out_path`` until training completes. ``cfg.batch_size=None`` takes
+    Returns ``{"id", "out", "classes", "metrics", "resumed_from_epoch"}``. The checkpoint lives next to
+    ``out_path`` until training completes; ``fresh`` discards it first. ``cfg.batch_size=None`` takes
     :data:`DEVICE_BATCH_SIZE` for the bundle's input kind (what the device CLIs pass).
     """
     cfg = cfg or TrainConfig()
@@ -302,6 +304,9 @@ def train_bundle(
     out_path = Path(out_path)
     checkpoint = out_path.with_name(out_path.name + ".ckpt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        checkpoint.unlink(missing_ok=True)
+    resumed = _checkpoint_epoch(checkpoint)
     model, metrics = fine_tune(bundle, data, cfg, checkpoint, progress, stop_after_epoch)
     manifest = new_manifest(
         model,
@@ -316,4 +321,18 @@ def train_bundle(
     )
     bid = save_bundle(model, manifest, out_path)
     checkpoint.unlink(missing_ok=True)
-    return {"id": bid, "out": str(out_path), "classes": data.classes, "added_labels": new_labels, "metrics": metrics}
+    return {"id": bid, "out": str(out_path), "classes": data.classes, "added_labels": new_labels, "metrics": metrics,
+            "resumed_from_epoch": resumed}
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    """Epochs a checkpoint holds (0 when there is none or it cannot be read: fine_tune reports that)."""
+    if not path.exists():
+        return 0
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return int((f.metadata() or {}).get("epoch", 0))
+    except Exception:
+        return 0

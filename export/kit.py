@@ -37,7 +37,7 @@ from edge_agent.runtime import (
     sha256_file,
 )
 from export.calibration import noise_batches, take_samples
-from export.parity import INT8_MIN_TOP1, ParityReport, check_parity
+from export.parity import INT8_MIN_TOP1, UNTRAINED_MIN_TOP1, ParityReport, check_parity
 
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("none", "int8")
@@ -109,7 +109,9 @@ def write_kit(
     ``calib_samples`` for calibration and the next ``parity_samples`` (held out)
     for the parity check. Without ``parity_inputs`` or held-out samples, parity
     runs on seeded Gaussian noise in input space. Raises :class:`export.parity.ParityError`
-    when an fp32 artifact disagrees with torch, or int8 top-1 agreement is below ``int8_min_top1``.
+    when an fp32 artifact disagrees with torch, or int8 top-1 agreement (argmax over the lineage's
+    ``trained_classes``, else every label) is below ``int8_min_top1`` (at most
+    :data:`export.parity.UNTRAINED_MIN_TOP1` for a lineage trained on no class).
     """
     from export.onnx_export import (
         OnnxQuantOptions,
@@ -145,6 +147,10 @@ def write_kit(
     if parity_inputs is None:
         parity_inputs = take_samples(noise_batches(input_spec, parity_samples, seed=1234), parity_samples)
     parity_inputs = np.asarray(parity_inputs, dtype=np.float32)
+    trained = (lineage or {}).get("trained_classes")
+    decision_classes = [labels.index(c) for c in trained or [] if c in labels] or None
+    if trained == []:  # the lineage says so: central-0
+        int8_min_top1 = min(int8_min_top1, UNTRAINED_MIN_TOP1)
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -177,7 +183,8 @@ def write_kit(
             runner = TfliteRunner(path, art)
             input_dtype = np.dtype(runner.inp["dtype"]).name
             extra = {}
-        report = check_parity(model, runner, parity_inputs, name, precision, int8_min_top1=int8_min_top1)
+        report = check_parity(model, runner, parity_inputs, name, precision, int8_min_top1=int8_min_top1,
+                              decision_classes=decision_classes)
         reports.append(report)
         entries.append({"file": name, "format": fmt, "precision": precision, "layout": art.layout, "input_dtype": input_dtype, **extra, "parity": report.to_dict()})
 
@@ -219,11 +226,13 @@ def export_bundle(
     out: str | Path,
     calibration: Iterable[np.ndarray] | None = None,
     calib_samples: int = 256,
+    int8_min_top1: float = INT8_MIN_TOP1,
 ) -> KitResult:
     """Export a model bundle (``.safetensors``) to a kit; ``format`` is ``onnx``, ``tflite`` or ``all``.
 
     Without ``calibration``, int8 calibrates on the bundled OOD source (a photo
     or a speech clip, augmented as in consolidation): the central has no real data.
+    ``int8_min_top1``: the share of held-out inputs (0..1) on which int8 must keep torch's top-1.
     """
     from edge_agent.bundle import load_bundle
 
@@ -244,5 +253,5 @@ def export_bundle(
     }
     return write_kit(
         bundle.model, spec, bundle.labels, bundle.id, out, formats, quantize, calibration,
-        calib_samples=calib_samples, lineage=lineage,
+        calib_samples=calib_samples, lineage=lineage, int8_min_top1=int8_min_top1,
     )

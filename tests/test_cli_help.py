@@ -61,3 +61,47 @@ def test_the_top_level_help_names_the_exit_codes(prog):
     r = CliRunner().invoke(APPS[prog], ["--help"], env={"COLUMNS": "400"})
     assert re.search(r"Exit codes: 0 done, 1 refused, 2 bad input, 75 .*130 interrupted \(docs/cli\.md\)", r.output)
     assert "--version" in r.output
+
+
+# Every command that produces a result prints it as one JSON object with --json (docs/cli.md).
+JSON_COMMANDS = {
+    "edge-agent": ["train", "run", "infer", "pull", "pull-kit", "upload", "sync", "enroll", "status"],
+    "central": ["init", "consolidate", "evaluate", "export"],
+}
+NEW_FLAGS = {
+    ("edge-agent", "train"): ["--force", "--fresh"],
+    ("central", "init"): ["--force"],
+    ("central", "consolidate"): ["--force"],
+    ("central", "export"): ["--force", "--min-agreement", "--eval-data"],
+}
+
+
+def _options(prog: str, path: tuple[str, ...]) -> set[str]:
+    cmd = typer.main.get_command(APPS[prog])
+    for name in path:
+        cmd = cmd.commands[name]
+    return {o for p in cmd.params for o in p.opts}
+
+
+@pytest.mark.parametrize(("prog", "name"), [(p, n) for p, names in JSON_COMMANDS.items() for n in names])
+def test_every_result_command_has_json(prog, name):
+    assert "--json" in _options(prog, (name,))
+    r = CliRunner().invoke(APPS[prog], [name, "--help"], env={"COLUMNS": "400"})
+    assert "--json" in r.output
+
+
+@pytest.mark.parametrize(("where", "flags"), NEW_FLAGS.items(), ids=[" ".join(k) for k in NEW_FLAGS])
+def test_overwrite_and_gate_flags_are_on_their_help_pages(where, flags):
+    prog, name = where
+    assert set(flags) <= _options(prog, (name,))
+    r = CliRunner().invoke(APPS[prog], [name, "--help"], env={"COLUMNS": "400"})
+    assert all(f in r.output for f in flags)
+
+
+@pytest.mark.parametrize("prog", APPS)
+def test_both_apps_take_quiet_and_verbose(prog):
+    assert {"--quiet", "-q", "--verbose", "-v", "--version"} <= _options(prog, ())
+    r = CliRunner().invoke(APPS[prog], ["--help"], env={"COLUMNS": "400"})
+    assert "--quiet" in r.output and "--verbose" in r.output
+    r = CliRunner().invoke(APPS[prog], ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("edge-dcl ")

@@ -58,7 +58,7 @@ def test_infer_runs_without_torch_and_matches_the_kit_here(kit, tmp_path):
     for fmt in ("onnx", "tflite"):
         p = _run("edge-agent", "infer", str(kit), str(img), "--format", fmt, "--top-k", "3", "--json", cwd=tmp_path)
         assert p.returncode == 0, p.stderr[-2000:]
-        there = json.loads(p.stdout)
+        there = json.loads(p.stdout)["predictions"]
         here = infer(kit, img, k=3, format=fmt)
         assert [r["label"] for r in there] == [r.label for r in here]
         assert np.allclose([r["logit"] for r in there], [r.logit for r in here], atol=1e-4)

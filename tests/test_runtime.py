@@ -117,7 +117,8 @@ def test_infer_and_cli(kit_dir, png, tmp_path):
     res = runner.invoke(app, ["infer", str(kit_dir), str(png), "--top-k", "2", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert [p["label"] for p in out] == [p.label for p in preds[:2]]
+    assert out["kit"] == str(kit_dir) and out["input"] == str(png)
+    assert [p["label"] for p in out["predictions"]] == [p.label for p in preds[:2]]
     wav = tmp_path / "x.wav"
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\0" * 800)

@@ -8,7 +8,6 @@ unreachable, try again later (the work is kept, e.g. in the outbox).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from edge_agent.cli_support import EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE, fail, friendly
+from edge_agent.cli_support import EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE, emit, fail, friendly, note
 from edge_agent.client.state import AgentHome, Enrollment
 
 # httpx and cryptography are imported by the commands that talk to the central, not when the app is built:
@@ -32,8 +31,11 @@ def _client(home: AgentHome) -> CentralClient:
     return CentralClient(enr.server, enr.token)
 
 
-def _deliver(home: AgentHome, client: CentralClient, force: bool = False) -> tuple[int, int, int]:
-    """Deliver the outbox; returns (delivered, rejected, waiting). A temporary failure propagates (exit 75)."""
+JSON = typer.Option(False, "--json", help="print one JSON object on stdout (notes go to stderr)")
+
+
+def _deliver(home: AgentHome, client: CentralClient, as_json: bool = False, force: bool = False) -> list[dict]:
+    """Deliver the outbox; one dict per bundle (``bundle_id``, ``status``, ...). A temporary failure propagates (exit 75)."""
     from edge_agent.client.http import CentralUnreachable
     from edge_agent.client.outbox import Outbox
 
@@ -45,29 +47,29 @@ def _deliver(home: AgentHome, client: CentralClient, force: bool = False) -> tup
         typer.echo(f"central unavailable: {n} upload(s) kept in the outbox {home.outbox}; `edge-agent status` "
                    "shows when each is tried again", err=True)
         raise
-    ok = rej = 0
+    done = []
     for r in results:
         if r.status == "rejected":
-            rej += 1
             typer.echo(f"rejected {r.bundle_id[:12]}: {r.detail} (moved to {outbox.rejected})", err=True)
         elif r.status != "waiting":
-            ok += 1
             upload = f", upload #{r.upload_id}" if r.upload_id is not None else ""
+            # Without --json this line is the result (stdout); with it, the JSON is.
             typer.echo(f"delivered {r.bundle_id[:12]} ({'already stored' if r.status == 'duplicate' else 'stored'}"
-                       f"{upload})")
+                       f"{upload})", err=as_json)
+        done.append({"bundle_id": r.bundle_id, "status": r.status, "upload_id": r.upload_id, "detail": r.detail})
     waiting = [e for e in outbox.pending() if e.waiting()] if any(r.status == "waiting" for r in results) else []
     if waiting:
         e = waiting[0]
         typer.echo(f"{len(outbox.pending())} upload(s) wait in the outbox: {e.bundle_id[:12]} is tried again at "
                    f"{e.to_dict()['next_try_at']} (last error: {e.last_error}); `edge-agent sync --retry-now` tries now",
                    err=True)
-    return ok, rej, len(waiting)
+    return done
 
 
-def _exit_for(rejected: int, waiting: int) -> None:
-    if rejected:
+def _exit_for(done: list[dict]) -> None:
+    if any(d["status"] == "rejected" for d in done):
         raise typer.Exit(EXIT_REFUSED)
-    if waiting:
+    if any(d["status"] == "waiting" for d in done):
         raise typer.Exit(EXIT_TEMPFAIL)
 
 
@@ -80,6 +82,7 @@ def register(app: typer.Typer) -> None:
         server: Annotated[str, typer.Option(help="central URL, e.g. http://central:8080")],
         token: Annotated[str, typer.Option(help="one-time enrolment token from `central devices add`")],
         force: bool = typer.Option(False, help="replace an existing enrolment"),
+        as_json: bool = JSON,
     ) -> None:
         """Enrol this device with the central and pin the central's signing key.
 
@@ -94,21 +97,23 @@ def register(app: typer.Typer) -> None:
             body = c.post_json("/v1/enroll", {"token": token})
         home.save_enrollment(Enrollment(server=server.rstrip("/"), device=body["device"], token=body["token"],
                                         public_key=body["public_key"]))
-        typer.echo(f"enrolled as {body['device']} with {server}; central key pinned ({body['public_key'][:16]}…)")
+        emit(as_json, {"device": body["device"], "server": server.rstrip("/"), "public_key": body["public_key"]},
+             f"enrolled as {body['device']} with {server}; central key pinned ({body['public_key'][:16]}…)")
 
     @app.command()
     @friendly
-    def pull() -> None:
+    def pull(as_json: bool = JSON) -> None:
         """Download the current central model (signed, verified, never older than the one we have).
 
-        Example: [bold]edge-agent pull[/]
+        Example: [bold]edge-agent pull --json[/]
         """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
         with _client(home) as c:
             p = pull_model(c, home)
-        typer.echo(f"{'pulled' if p.updated else 'up to date:'} central v{p.version} -> {p.path}")
+        emit(as_json, {"updated": p.updated, "version": p.version, "path": str(p.path)},
+             f"{'pulled' if p.updated else 'up to date:'} central v{p.version} -> {p.path}")
 
     @app.command()
     @friendly
@@ -117,10 +122,11 @@ def register(app: typer.Typer) -> None:
         base_version: int = typer.Option(
             None, min=0, max=2**63 - 1, help="central version it was fine-tuned from (default: from its manifest)"
         ),
+        as_json: bool = JSON,
     ) -> None:
         """Upload a fine-tuned bundle; exits 0 only once the central acknowledged it (75: kept in the outbox).
 
-        Example: [bold]edge-agent upload dev1.safetensors --base-version 3[/]
+        Example: [bold]edge-agent upload dev1.safetensors --base-version 3 --json[/]
         """
         # torch is imported only when a bundle is really read: enroll/sync stay fast.
         from edge_agent.bundle import load_bundle
@@ -129,31 +135,34 @@ def register(app: typer.Typer) -> None:
         home = AgentHome()
         load_bundle(file)  # refuse a broken file here, not after it sat in the outbox
         entry = Outbox(home.outbox).add(file, base_version)
-        typer.echo(f"queued {entry.bundle_id[:12]} in the outbox")
+        note(f"queued {entry.bundle_id[:12]} in the outbox")
         with _client(home) as c:
-            _ok, rej, waiting = _deliver(home, c, force=True)  # asked for now: earlier waiting entries go too
-        _exit_for(rej, waiting)
+            done = _deliver(home, c, as_json, force=True)  # asked for now: earlier waiting entries go too
+        emit(as_json, {"bundle_id": entry.bundle_id, "deliveries": done})
+        _exit_for(done)
 
     @app.command()
     @friendly
     def sync(
         retry_now: bool = typer.Option(False, "--retry-now", help="try uploads whose backoff has not elapsed yet"),
+        as_json: bool = JSON,
     ) -> None:
         """Deliver the outbox (each bundle exactly once, oldest first) and pull the current model.
 
         An upload the central answered with a temporary error waits out its backoff
         (`edge-agent status` shows until when) unless --retry-now; exit 75 while any waits.
 
-        Example: [bold]edge-agent sync --retry-now[/]
+        Example: [bold]edge-agent sync --retry-now --json[/]
         """
         from edge_agent.client.pull import pull_model
 
         home = AgentHome()
         with _client(home) as c:
-            _ok, rej, waiting = _deliver(home, c, force=retry_now)
+            done = _deliver(home, c, as_json, force=retry_now)
             p = pull_model(c, home)
-        typer.echo(f"{'pulled' if p.updated else 'up to date:'} central v{p.version}")
-        _exit_for(rej, waiting)
+        emit(as_json, {"deliveries": done, "model": {"updated": p.updated, "version": p.version, "path": str(p.path)}},
+             f"{'pulled' if p.updated else 'up to date:'} central v{p.version}")
+        _exit_for(done)
 
     @app.command()
     @friendly
@@ -164,10 +173,11 @@ def register(app: typer.Typer) -> None:
         loss: Optional[str] = typer.Option(
             None, help="ce, bce-noise or bce-jigsaw, as for edge-agent train (default: bce-jigsaw for images, ce for audio)"
         ),
+        as_json: bool = JSON,
     ) -> None:
         """Pull the current model, fine-tune it on local data, upload the result, in one go.
 
-        Example: [bold]edge-agent run --data photos/ --epochs 30 --seed 1[/]
+        Example: [bold]edge-agent run --data photos/ --epochs 30 --seed 1 --json[/]
         """
         from edge_agent.client.outbox import Outbox
         from edge_agent.client.pull import pull_model
@@ -175,15 +185,17 @@ def register(app: typer.Typer) -> None:
 
         home = AgentHome()
         with _client(home) as c:
-            _deliver(home, c)  # earlier work first: arrival order is consolidation order
+            earlier = _deliver(home, c, as_json)  # earlier work first: arrival order is consolidation order
             p = pull_model(c, home)
             out = home.trained / f"from-v{p.version}-{time.strftime('%Y%m%dT%H%M%S')}.safetensors"
             cfg = TrainConfig(epochs=epochs, seed=seed, batch_size=None, loss=loss)  # None: the device default for its kind
             info = train_bundle(p.path, data, out, cfg=cfg, progress=sys.stderr.isatty())
-            typer.echo(f"trained on {', '.join(info['classes'])} -> {out}")
+            typer.echo(f"trained on {', '.join(info['classes'])} -> {out}", err=as_json)
             Outbox(home.outbox).add(out, p.version)
-            _ok, rej, waiting = _deliver(home, c)
-        _exit_for(rej, waiting)
+            done = earlier + _deliver(home, c, as_json)
+        emit(as_json, {"model": {"updated": p.updated, "version": p.version, "path": str(p.path)},
+                       "trained": info, "deliveries": done})
+        _exit_for(done)
 
     @app.command("pull-kit")
     @friendly
@@ -191,24 +203,25 @@ def register(app: typer.Typer) -> None:
         format: str = typer.Option("tflite-int8", "--format", help="onnx-int8, tflite-int8, onnx-fp32, ..."),
         version: int = typer.Option(None, help="central version (default: the current one)"),
         wait: float = typer.Option(120.0, help="seconds to wait for a kit the central is still building"),
+        as_json: bool = JSON,
     ) -> None:
         """Install the artifact kit of the current version: verify, swap atomically, smoke-test, roll back on failure.
 
-        Example: [bold]edge-agent pull-kit --format tflite-int8 --wait 300[/]
+        Example: [bold]edge-agent pull-kit --format tflite-int8 --wait 300 --json[/]
         """
         from edge_agent.client.kits import install_kit
 
         home = AgentHome()
         with _client(home) as c:
             k = install_kit(c, home, format, version=version, wait_s=wait)
-        if k.updated:
-            typer.echo(f"installed {format} kit v{k.version} -> {home.kits / format / 'current'} (smoke: {k.smoke})")
-        else:
-            typer.echo(f"up to date: {format} kit v{k.version}")
+        path = home.kits / format / "current"
+        emit(as_json, {"format": format, "version": k.version, "updated": k.updated, "path": str(path), "smoke": k.smoke},
+             f"installed {format} kit v{k.version} -> {path} (smoke: {k.smoke})" if k.updated
+             else f"up to date: {format} kit v{k.version}")
 
     @app.command()
     @friendly
-    def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    def status(as_json: bool = JSON) -> None:
         """What this agent has: enrolment, model version, kits, and the uploads waiting in the outbox (tries, last error, next try).
 
         Example: [bold]edge-agent status --json[/]
@@ -224,7 +237,7 @@ def register(app: typer.Typer) -> None:
                 "model": str(home.current_model() or ""), "kits": kits,
                 "outbox": [e.to_dict() for e in Outbox(home.outbox).pending()]}
         if as_json:
-            typer.echo(json.dumps(info, indent=2))
+            emit(True, info)
             return
         typer.echo(f"device {enr.device} at {enr.server} (home {home.root})")
         typer.echo(f"model: v{st.model_version} {info['model']}")

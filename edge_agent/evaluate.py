@@ -1,4 +1,4 @@
-"""Accuracy of a model on a labelled set: overall, per class, per experience.
+"""Accuracy of a model or an artifact kit on a labelled set: overall, per class, per experience.
 
 Class-incremental accuracy (the default) takes the argmax over every class the
 model was trained on, with no task id; task-aware accuracy restricts the argmax
@@ -7,6 +7,9 @@ to the classes of the sample's own experience.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from edge_agent.data.labeled import LabeledSet
@@ -14,6 +17,7 @@ from edge_agent.data.labeled import LabeledSet
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Logits ``[N, K]`` of ``model`` in eval mode on ``x``, ``batch`` inputs at a time."""
     model.eval()
     return torch.cat([model(xb) for xb in x.split(batch)]) if len(x) else torch.zeros(0)
 
@@ -66,4 +70,48 @@ def evaluate_model(
     known: list[str] | None = None,
     experiences: list[dict] | None = None,
 ) -> dict:
+    """:func:`evaluate_logits` of ``model``'s own logits on ``data``."""
     return evaluate_logits(predict_logits(model, data.x), labels, data, known, experiences)
+
+
+def evaluate_bundle(bundle_path: Path, data: Path, experiences: list[dict] | None = None) -> dict:
+    """Accuracy report (see :func:`evaluate_logits`) of a bundle's torch model on ``data`` (its test split if it has one)."""
+    from edge_agent.bundle import load_bundle
+    from edge_agent.train import load_local_data
+
+    bundle = load_bundle(bundle_path)
+    samples = load_local_data(data, bundle, split="testing")
+    known = bundle.manifest.trained_classes or bundle.labels
+    report = evaluate_logits(predict_logits(bundle.model, samples.x), bundle.labels, samples, known, experiences)
+    report["known_classes"] = known
+    report["model"] = {"id": bundle.id, "arch": bundle.manifest.arch, "method": bundle.manifest.method}
+    return report
+
+
+def _load_kit_data(path: Path, spec) -> LabeledSet:
+    if spec.kind == "audio":
+        from edge_agent.audio.frontend import AudioFrontend
+        from edge_agent.data.speech import load_speech_commands
+
+        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split="testing")
+    from edge_agent.data.images import load_image_folder
+
+    return load_image_folder(path, spec)
+
+
+def evaluate_kit(
+    kit_path: Path, data: Path, experiences: list[dict] | None = None, format: str | None = None, precision: str | None = None
+) -> dict:
+    """Accuracy report (see :func:`evaluate_logits`) of one artifact of a kit on ``data``, run batch 1 as a device runs it."""
+    from edge_agent.runtime import load_kit, open_runner
+
+    kit = load_kit(kit_path)
+    runner = open_runner(kit, format=format, precision=precision)
+    samples = _load_kit_data(Path(data), kit.input_spec)
+    x = samples.x.numpy()
+    logits = [runner.run(x[i : i + 1]) for i in range(len(x))]
+    known = kit.manifest.get("trained_classes") or kit.labels
+    report = evaluate_logits(torch.from_numpy(np.concatenate(logits)), kit.labels, samples, known, experiences)
+    report["known_classes"] = known
+    report["model"] = {"kit": str(kit_path), "artifact": runner.artifact.file if hasattr(runner, "artifact") else None}
+    return report
