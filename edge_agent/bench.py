@@ -274,6 +274,8 @@ def _load_tflite(t: Target, cfg: BenchConfig) -> tuple[Callable[[], Any], str, d
     x = _example(t.shape, cfg.batch)
     if t.layout == "NHWC":
         x = x.transpose(0, 2, 3, 1)
+    from edge_agent.runtime import _quantize
+
     samples = [_quantize(s[None], inp) for s in x]
     set_tensor, invoke, get_tensor = it.set_tensor, it.invoke, it.get_tensor
     i_in, i_out = inp["index"], out["index"]
@@ -287,15 +289,6 @@ def _load_tflite(t: Target, cfg: BenchConfig) -> tuple[Callable[[], Any], str, d
         return y
 
     return call, version, info
-
-
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = detail["dtype"]
-    if dtype == np.float32:
-        return np.ascontiguousarray(x, dtype=np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
 def _load_torch(t: Target, cfg: BenchConfig) -> tuple[Callable[[], Any], str, dict]:
