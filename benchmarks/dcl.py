@@ -33,7 +33,7 @@ from benchmarks.variants import variant
 from central.init import init_central
 from central.methods import ConsolidationConfig
 from central.metrics import summarize
-from central.stream import Stream, StreamEvaluator, heatmap, run_stream, train_devices, write_json
+from central.stream import Stream, StreamEvaluator, heatmap, matrix_table, run_stream, train_devices, write_json
 from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
 from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource, open_ood
@@ -420,10 +420,7 @@ def markdown(report: dict) -> str:
     names = [e["name"] for e in report["experiences"]]
     for m, r in report["methods"].items():
         lines += ["", f"## {m}: accuracy matrix, mean over seeds (row: after device t; column: experience j)", ""]
-        lines.append("| | " + " | ".join(names) + " |")
-        lines.append("|---" * (len(names) + 1) + "|")
-        for t, row in enumerate(r["matrix"]):
-            lines.append(f"| after {names[t]} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        lines += matrix_table(r["matrix"], names)
     ablations = RESULTS.parent / "ablations" / "dcl-ablations.md"
     if report["stream"] == "split-digits" and ablations.exists():
         # The ablation table lives in its own file (written by benchmarks/ablations.py); quote it here.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from central.init import init_central
 from central.methods import ConsolidationConfig
-from central.stream import Stream, heatmap, run_stream, set_threads, train_devices, write_json
+from central.stream import Stream, heatmap, matrix_table, run_methods, set_threads, train_devices, write_json
 from edge_agent.bundle import load_bundle
 from edge_agent.data.digits import write_split_digits
 from edge_agent.data.images import load_image_folder
@@ -48,12 +48,7 @@ def run_demo(
     devices = train_devices(stream, central0, out / "devices", TrainConfig(epochs=epochs, seed=seed), progress, log)
     source = open_ood(ood, base.input_spec)
     cfg = ConsolidationConfig(steps=steps, seed=seed).for_input(base.input_spec.kind)
-    results = {}
-    for m in methods:
-        r = run_stream(stream, base, devices, source, m, cfg, progress=progress, log=log)
-        r.pop("model")
-        r.pop("classes")
-        results[m] = r
+    results = run_methods(stream, base, devices, source, methods, cfg, progress, log)
     names = [e["name"] for e in stream.experiences]
     report = {
         "stream": "split-digits",
@@ -86,9 +81,6 @@ def markdown_summary(report: dict, names: list[str], title: str = "Split-Digits 
         )
     for m, r in report["methods"].items():
         lines += ["", f"## {m}: accuracy matrix (row: after device t; column: test on experience j)", ""]
-        lines.append("| | " + " | ".join(names) + " |")
-        lines.append("|---" * (len(names) + 1) + "|")
-        for t, row in enumerate(r["matrix"]):
-            lines.append(f"| after {names[t]} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        lines += matrix_table(r["matrix"], names)
     lines += ["", "![accuracy matrices](accuracy-matrix.png)", ""]
     return "\n".join(lines)

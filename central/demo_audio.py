@@ -26,7 +26,7 @@ import torch
 from central.demo import markdown_summary
 from central.init import init_central
 from central.methods import ConsolidationConfig
-from central.stream import Stream, heatmap, run_stream, set_threads, train_devices, write_json
+from central.stream import Stream, heatmap, run_methods, set_threads, train_devices, write_json
 from edge_agent.audio.frontend import AudioFrontend
 from edge_agent.bundle import load_bundle
 from edge_agent.data.kws_streams import write_kws_stream
@@ -145,12 +145,7 @@ def run_audio_demo(
     torch.manual_seed(seed)
     source = open_ood(ood, base.input_spec)
     cfg = ConsolidationConfig(steps=steps, batch_size=batch_size, seed=seed)
-    results = {}
-    for m in methods:
-        r = run_stream(kws, base, devices, source, m, cfg, progress=progress, log=log)
-        r.pop("model")
-        r.pop("classes")
-        results[m] = r
+    results = run_methods(kws, base, devices, source, methods, cfg, progress, log)
     names = [e["name"] for e in kws.experiences]
     report = {
         "stream": f"synthetic keyword spotting, {stream}-incremental",

@@ -162,6 +162,24 @@ def run_stream(
     return out
 
 
+def run_methods(stream: Stream, base: Bundle, devices: list[Bundle], ood: OODSource, methods: list[str],
+                cfg: ConsolidationConfig, progress: bool = False, log=print) -> dict[str, dict]:
+    """:func:`run_stream` for each method on the same devices; the reports without the models."""
+    results = {}
+    for m in methods:
+        r = run_stream(stream, base, devices, ood, m, cfg, progress=progress, log=log)
+        r.pop("model")
+        r.pop("classes")
+        results[m] = r
+    return results
+
+
+def matrix_table(matrix, names: list[str]) -> list[str]:
+    """Markdown rows of an accuracy matrix: one row per consolidation, one column per experience."""
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    return lines + [f"| after {names[t]} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for t, row in enumerate(matrix)]
+
+
 def heatmap(results: dict[str, dict], names: list[str], path: Path, title: str) -> None:
     """One accuracy-matrix heatmap per method, side by side."""
     import matplotlib
