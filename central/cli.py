@@ -59,7 +59,10 @@ def init(
          f"wrote {out} ({arch}, {len(names)} labels) id {bid}")
 
 
-labels_app = typer.Typer(no_args_is_help=True, help="Read or grow a central's label list.")
+labels_app = typer.Typer(
+    no_args_is_help=True,
+    help="Read or grow a central's label list.\n\nExample: [bold]central labels list --model central-3.safetensors[/]",
+)
 app.add_typer(labels_app, name="labels")
 
 
