@@ -35,7 +35,7 @@ out_console = Console()
 @app.command()
 @friendly
 def init(
-    arch: Annotated[str, typer.Option(help="architecture from the model zoo (cnn-s, ds-cnn)")] = "cnn-s",
+    arch: Annotated[str, typer.Option(help="architecture from the model zoo; `central models` lists them")] = "cnn-s",
     labels: Annotated[Path, typer.Option(help="text file, one label per line: the global label list")] = ...,
     input_shape: Annotated[
         Optional[str], typer.Option(help="CxHxW for image models, e.g. 1x16x16 (default: 1x16x16; audio: from the frontend)")
@@ -222,6 +222,25 @@ def consolidate(
     starts = [s["student_init"]["chosen"] for s in r.get("steps", []) if "student_init" in s]
     began = f"; student started from {', '.join(starts)}" if starts else ""
     emit(as_json, r, f"wrote {out} ({method}, knows {len(r['trained_classes'])} classes{began}) id {r['id']}")
+
+
+@app.command()
+@friendly
+def models(as_json: Annotated[bool, typer.Option("--json", help="print a JSON object instead of a table")] = False) -> None:
+    """List the model zoo `central init --arch` accepts, with the input each takes by default.
+
+    Example: [bold]central models --json[/]
+    """
+    from edge_agent.models import default_input_spec, list_models
+
+    found = {name: default_input_spec(name).to_dict() for name in list_models()}
+    if as_json:
+        emit(True, {"models": found})
+        return
+    table = Table("arch", "input", "default shape")
+    for name, spec in found.items():
+        table.add_row(name, spec["kind"], "x".join(map(str, spec["shape"])))
+    Console().print(table)
 
 
 @app.command()

@@ -42,7 +42,7 @@ from torch import nn
 
 from central import consolidate
 from central.consolidate import Central, consolidated_manifest, step_inputs, step_seed, stream_record
-from central.methods import ConsolidationConfig, get_method
+from central.methods import ConsolidationConfig, get_method, list_methods
 from central.methods.loop import DistillLoop, LoopState, Ranks
 from edge_agent.bundle import Bundle, save_bundle, write_atomic
 from edge_agent.data.ood import open_ood
@@ -104,7 +104,8 @@ def distillation(method: str) -> DistillLoop:
     """The registered method ``method``, if it runs the distillation loop (only those run on several ranks)."""
     m = get_method(method)
     if not isinstance(m, DistillLoop):
-        raise ValueError(f"method {method!r} is not a distillation: only kd and dac run on several processes")
+        runs = ", ".join(n for n in list_methods() if isinstance(get_method(n), DistillLoop))
+        raise ValueError(f"method {method!r} is not a distillation: only {runs} run on several processes")
     return m
 
 
