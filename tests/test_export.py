@@ -40,7 +40,10 @@ def kits(cnn, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for q in ("none", "int8"):
         calib = noise_batches(SPEC, 192, seed=0) if q == "int8" else None
-        write_kit(cnn, SPEC, LABELS, "b" * 64, root / q, ("onnx", "tflite"), q, calib, calib_samples=128, parity_samples=64)
+        # An untrained network's logits on noise are near ties, so int8 flips some top-1s: the 0.97 default
+        # is for trained models (tests/test_cli_output.py holds a trained one to it).
+        write_kit(cnn, SPEC, LABELS, "b" * 64, root / q, ("onnx", "tflite"), q, calib, calib_samples=128, parity_samples=64,
+                  int8_min_top1=0.9)
         out[q] = root / q
     return out
 

@@ -13,7 +13,7 @@ import soundfile
 import torch
 
 from central.init import init_central
-from edge_agent.bundle import load_bundle
+from edge_agent.bundle import BundleError, load_bundle
 from edge_agent.data.labeled import DataError
 from edge_agent.optim import AdamCosine
 from edge_agent.train import DEVICE_BATCH_SIZE, Interrupted, TrainConfig, jigsaw, load_local_data, train_bundle
@@ -120,13 +120,18 @@ def test_unknown_loss_is_refused(tmp_path, central0, split_digits):
     assert not (tmp_path / "d.safetensors").exists()
 
 
-def test_refuses_labels_the_model_does_not_know(tmp_path, central0, split_digits):
+def test_a_class_the_model_does_not_know_joins_its_label_list(tmp_path, central0, split_digits):
     data = tmp_path / "data"
     shutil.copytree(split_digits / "dev1" / "0", data / "0")
     shutil.copytree(split_digits / "dev1" / "1", data / "cat")
-    with pytest.raises(DataError, match="not in the model's label list: cat"):
-        train_bundle(central0, data, tmp_path / "d.safetensors", CFG, progress=False)
-    assert not (tmp_path / "d.safetensors").exists()
+    r = train_bundle(central0, data, tmp_path / "d.safetensors", CFG, progress=False)
+    b, base = load_bundle(r["out"]), load_bundle(central0)
+    assert r["added_labels"] == ["cat"] and b.labels == [*base.labels, "cat"] and b.manifest.trained_classes == ["0", "cat"]
+    assert b.model.head.weight.shape[0] == len(base.labels) + 1 and b.manifest.parents == [base.id]
+    (tmp_path / "bad" / "dog\n").mkdir(parents=True)
+    shutil.copy(next((split_digits / "dev1" / "0").iterdir()), tmp_path / "bad" / "dog\n")
+    with pytest.raises(BundleError, match="bad label"):
+        train_bundle(central0, tmp_path / "bad", tmp_path / "e.safetensors", CFG, progress=False)
 
 
 def test_same_seed_same_bundle(tmp_path, central0, split_digits):
