@@ -43,8 +43,9 @@ def kit(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_model("cnn-s", 10, in_chans=1, width=8).eval()
     out = tmp_path_factory.mktemp("device-kit") / "kit"
+    # An untrained network's near-tied logits: a looser gate than the 0.97 for trained models (test_export.py).
     return write_kit(model, SPEC, LABELS, "d" * 64, out, ("onnx", "tflite"), "int8", noise_batches(SPEC, 96),
-                     calib_samples=64, parity_samples=32).path
+                     calib_samples=64, parity_samples=32, int8_min_top1=0.9).path
 
 
 def test_the_device_venv_has_no_torch(tmp_path):
