@@ -101,7 +101,8 @@ def run_server_demo(
             queue = json.loads(_run([str(BIN / "central"), "queue", "--json"], env, log, "queue"))
             log(f"round {r}: {len(queue)} uploads queued; consolidating (DAC, {steps} steps each)")
             res = json.loads(
-                _run([str(BIN / "central"), "consolidate", "--from-queue", "--steps", str(steps)], env, log, "consolidate --from-queue")
+                _run([str(BIN / "central"), "consolidate", "--from-queue", "--steps", str(steps), "--json"], env, log,
+                     "consolidate --from-queue")
             )
             log(f"round {r}: published version {res['version']} knowing classes {', '.join(res['trained_classes'])}")
             report["rounds"].append({"devices": list(devices), "queued": len(queue), **res})
