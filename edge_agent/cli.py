@@ -61,6 +61,9 @@ def train(
             help="bce-noise and bce-jigsaw: weight of the negatives term, 0 for plain one-vs-rest BCE (default: 0.3)"
         ),
     ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="leave unreadable or truncated files out (each is named) instead of stopping at the first")
+    ] = False,
 ) -> None:
     """Fine-tune the central model on this device's classes only (masked logits).
 
@@ -76,12 +79,14 @@ def train(
     if negatives is not None:
         cfg = replace(cfg, negatives=negatives)
     try:
-        r = train_bundle(model, data, out, cfg)
+        r = train_bundle(model, data, out, cfg, skip_bad=skip_bad, summary=lambda line: typer.echo(line, err=True))
     except (KeyboardInterrupt, Interrupted):
         typer.secho(f"interrupted: run the same command again to resume from {out}.ckpt", err=True, fg="yellow")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     m = r["metrics"]
     val = f", local validation accuracy {m['val_accuracy']:.3f} on {m['n_val']}" if "val_accuracy" in m else ""
+    for note in r["notes"]:
+        typer.secho(f"note: {note}", err=True, fg="yellow")
     typer.echo(f"wrote {out}: classes {', '.join(r['classes'])}{val}; id {r['id']}")
 
 
