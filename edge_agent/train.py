@@ -327,10 +327,13 @@ def train_bundle(
     cfg = cfg.for_input(bundle.input_spec.kind)
     out_path = Path(out_path)
     cache = out_path.with_name(out_path.name + ".cache")
+    checkpoint = out_path.with_name(out_path.name + ".ckpt")
     try:
         data = load_local_data(data_dir, bundle, split="train", skip_bad=skip_bad, cache_dir=cache)
-    except DataError as e:
-        if skip_bad or "cannot read" not in str(e):
+    except BaseException as e:
+        if not checkpoint.exists():  # nothing to resume: the cache folder would only be litter
+            shutil.rmtree(cache, ignore_errors=True)
+        if not isinstance(e, DataError) or skip_bad or "cannot read" not in str(e):
             raise
         raise DataError(f"{e} (--skip-bad leaves unreadable files out)") from None
     notes = []
@@ -342,7 +345,6 @@ def train_bundle(
     if summary is not None and data.report is not None:
         for line in data.report.lines():
             summary(line)
-    checkpoint = out_path.with_name(out_path.name + ".ckpt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model, metrics = fine_tune(bundle, data, cfg, checkpoint, progress, stop_after_epoch)
     manifest = new_manifest(

@@ -79,7 +79,7 @@ def test_a_truncated_file_stops_training_with_its_name_unless_skip_bad(tmp_path,
     (root / "2" / "5.png").write_bytes(b"not an image")
     out = tmp_path / "dev.safetensors"
     p = _train_cli("--model", str(bundle16), "--data", str(root), "--out", str(out), "--epochs", "1", cwd=tmp_path)
-    assert p.returncode == 2 and not out.exists()
+    assert p.returncode == 2 and not out.exists() and not (tmp_path / "dev.safetensors.cache").exists()
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "5.png" in lines[0] and "--skip-bad" in lines[0], p.stderr
     p = _train_cli("--model", str(bundle16), "--data", str(root), "--out", str(out), "--epochs", "1", "--skip-bad",

@@ -281,13 +281,17 @@ def cached_rows(
         except (DataError, ValueError, KeyError, TypeError):
             pass  # a cache cut short: write it again
     tmp = rows_path.with_name(rows_path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        want = np.dtype(dtype)
+    try:
+        with open(tmp, "wb") as f:
+            want = np.dtype(dtype)
 
-        def write(row: np.ndarray) -> None:
-            f.write(np.ascontiguousarray(row, dtype=want).tobytes())
+            def write(row: np.ndarray) -> None:
+                f.write(np.ascontiguousarray(row, dtype=want).tobytes())
 
-        labels, report = build(write)
+            labels, report = build(write)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a bad file or Ctrl-C: leave no half-written cache behind
+        raise
     os.replace(tmp, rows_path)
     meta_tmp = meta_path.with_name(meta_path.name + ".tmp")
     meta_tmp.write_text(json.dumps({"labels": labels, "report": report.to_json()}), encoding="utf-8")
