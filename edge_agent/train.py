@@ -360,7 +360,8 @@ def train_bundle(
     bid = save_bundle(model, manifest, out_path)
     checkpoint.unlink(missing_ok=True)
     skipped = [f for f, _ in data.report.skipped] if data.report is not None else []
+    classes = data.classes
     del data  # closes the cache file before it is removed
     shutil.rmtree(cache, ignore_errors=True)
-    return {"id": bid, "out": str(out_path), "classes": manifest.trained_classes, "metrics": metrics, "notes": notes,
+    return {"id": bid, "out": str(out_path), "classes": classes, "metrics": metrics, "notes": notes,
             "skipped": skipped}
