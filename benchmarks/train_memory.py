@@ -97,7 +97,7 @@ def prepare(name: str, work: Path) -> Path:
     return data
 
 
-def run_case(name: str, code: Path, work: Path) -> dict:
+def run_case(name: str, code: Path, work: Path, batch_size: int | None = None) -> dict:
     arch, n, size = CASES[name]
     data = prepare(name, work)
     run = work / name / "run"
@@ -117,10 +117,12 @@ def run_case(name: str, code: Path, work: Path) -> dict:
         stale.unlink(missing_ok=True)
     train = [py, "-c", "from edge_agent.cli import main; main()", "train", "--model", str(run / "central-0.safetensors"),
              "--data", str(data), "--out", str(out), "--epochs", "1"]
+    if batch_size:
+        train += ["--batch-size", str(batch_size)]
     rc, peak_mb, wall, log = measure(train, code, run)
     if rc != 0:
         raise SystemExit(f"edge-agent train failed for {name} (exit {rc}): {log}")
-    return {"case": name, "arch": arch, "files": n, "size": size, "peak_rss_mb": round(peak_mb, 1),
+    return {"case": name, "arch": arch, "files": n, "size": size, "batch_size": batch_size, "peak_rss_mb": round(peak_mb, 1),
             "wall_s": round(wall, 2), "files_per_s": round(n / wall, 1), "within_limit": peak_mb <= LIMIT_MB}
 
 
@@ -153,18 +155,22 @@ def write_markdown(results: dict) -> None:
             b, a = by_tag.get("before"), by_tag.get("after")
             cells.append(f"{b['peak_rss_mb'] / a['peak_rss_mb']:.1f}x" if b and a else "-")
         rows.append("| " + " | ".join(cells) + " |")
+    notes = "".join(f"\n- {n}" for n in results.get("notes", []))
+    notes = f"\nNotes:\n{notes}\n" if notes else ""
     text = f"""# edge-agent train: peak memory and throughput
 
 `edge-agent train --epochs 1` as a subprocess; peak RSS is the child's `ru_maxrss`, files/s counts the whole
 command (start-up, reading, one epoch, validation). Images: 10 classes of generated RGB PNGs at the model's input
 size, `cnn-s`, batch 32, default loss (bce-jigsaw). Clips: 10 classes of synthesised 1 s 16 kHz WAVs (two tones and
 white noise per class, not speech), `ds-cnn`, batch 16. Target: {LIMIT_MB} MB at every size (a Raspberry Pi Zero 2 W
-has 512 MB). `before` is the code before streaming from a uint8/feature cache, `after` the code with it.
+has 512 MB). `before` is the code before streaming from a uint8/feature cache, `after` the code with it,
+`after-batch16` the same with `--batch-size 16`. A `-` was not measured.
 
-Machine: {results['machine']}. Commands: {'; '.join(sorted(set(results['commands'])))}
+Machine: {results['machine']}, {os.cpu_count()} cores shared with other jobs while it ran (files/s is indicative;
+peak RSS does not depend on load). Commands: {'; '.join(sorted(set(results['commands'])))}
 
 {chr(10).join(rows)}
-"""
+{notes}"""
     (OUT / "train-memory.md").write_text(text)
 
 
@@ -174,7 +180,9 @@ def main() -> None:
     ap.add_argument("--tag", default="after", help="name of this run in the results (before/after)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     ap.add_argument("--work", type=Path, default=Path("/tmp/train-memory-work"), help="where the datasets are written")
+    ap.add_argument("--batch-size", type=int, default=None, help="passed to edge-agent train (default: its own)")
     ap.add_argument("--prepare-only", action="store_true", help="write the datasets and stop")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the Markdown from the JSON and stop")
     args = ap.parse_args()
     if args.prepare_only:
         for name in args.cases.split(","):
@@ -183,12 +191,16 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "train-memory.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}, "commands": []}
+    if args.markdown_only:
+        write_markdown(results)
+        return
     results["machine"] = cpu_name()
     cmd = f"python benchmarks/train_memory.py --tag {args.tag} --cases {args.cases}" + (
+        f" --batch-size {args.batch_size}" if args.batch_size else "") + (
         " --code <checkout of the previous code>" if args.code.resolve() != REPO else "")
     results["commands"] = sorted(set(results.get("commands", [])) | {cmd})
     for name in args.cases.split(","):
-        r = run_case(name, args.code.resolve(), args.work)
+        r = run_case(name, args.code.resolve(), args.work, args.batch_size)
         print(json.dumps(r), flush=True)
         results["runs"].setdefault(name, {})[args.tag] = r
         path.write_text(json.dumps(results, indent=2) + "\n")
