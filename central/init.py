@@ -11,17 +11,15 @@ from edge_agent.models import create_model, default_input_spec
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """One label per line; blank lines and ``#`` comments are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no labels file at {path}")
-    labels = [s.strip() for s in path.read_text().splitlines()]
-    labels = [s for s in labels if s and not s.startswith("#")]
+    """One label per line (UTF-8, a byte-order mark allowed); ``#`` lines are comments.
+
+    A blank or repeated line is refused with its line number.
+    """
+    from edge_agent.data.labeled import read_lines
+
+    labels = read_lines(path, "labels")
     if not labels:
         raise ValueError(f"{path} has no labels (one per line)")
-    dup = sorted({s for s in labels if labels.count(s) > 1})
-    if dup:
-        raise ValueError(f"{path} repeats labels: {', '.join(dup)}")
     return labels
 
 

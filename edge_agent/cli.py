@@ -69,7 +69,10 @@ def train(
         bool, typer.Option("--fresh", help="discard the checkpoint next to --out and train from epoch 0")
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="print one JSON object: out, id, classes, metrics, resumed_from_epoch")
+        bool, typer.Option("--json", help="print one JSON object: out, id, classes, added_labels, metrics, notes, skipped, resumed_from_epoch")
+    ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option(help="leave unreadable or truncated files out (each is named) instead of stopping at the first")
     ] = False,
 ) -> None:
     """Fine-tune the central model on this device's classes only (masked logits).
@@ -88,7 +91,7 @@ def train(
     if negatives is not None:
         cfg = replace(cfg, negatives=negatives)
     try:
-        r = train_bundle(model, data, out, cfg, fresh=fresh)
+        r = train_bundle(model, data, out, cfg, fresh=fresh, skip_bad=skip_bad, summary=note)
     except (KeyboardInterrupt, Interrupted):
         typer.secho(f"interrupted: run the same command again to resume from {out}.ckpt", err=True, fg="yellow")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -96,6 +99,8 @@ def train(
         note(f"resumed from epoch {r['resumed_from_epoch']} of {out}.ckpt")
     m = r["metrics"]
     val = f", local validation accuracy {m['val_accuracy']:.3f} on {m['n_val']}" if "val_accuracy" in m else ""
+    for line in r["notes"]:
+        typer.secho(f"note: {line}", err=True, fg="yellow")
     added = r["added_labels"]
     new = f"\nnew classes the central did not know, added to the label list: {', '.join(added)}" if added else ""
     emit(as_json, r, f"wrote {out}: classes {', '.join(r['classes'])}{val}; id {r['id']}{new}")

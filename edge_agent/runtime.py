@@ -26,7 +26,7 @@ MANIFEST_NAME = "manifest.json"
 KIT_FORMAT = "edge-dcl-kit"
 KIT_FORMAT_VERSION = 1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-AUDIO_SUFFIXES = {".wav"}
+AUDIO_SUFFIXES = {".wav", ".flac"}
 
 
 class KitError(ValueError):
@@ -255,51 +255,89 @@ def preprocess_image(path: str | Path, spec: InputSpec) -> np.ndarray:
         raise KitInputError(str(e)) from None
 
 
-def _read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """Mono float32 samples in [-1, 1] and the sample rate (Hz) of a PCM WAV file."""
-    import wave
+def image_input(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A camera frame (uint8 ``H x W``, ``H x W x 3`` RGB or ``x 4`` RGBA, any size) as float32 ``[1, C, H, W]``.
 
-    try:
-        with wave.open(str(path), "rb") as wf:
-            rate, width, chans, n = wf.getframerate(), wf.getsampwidth(), wf.getnchannels(), wf.getnframes()
-            raw = wf.readframes(n)
-    except (wave.Error, EOFError, OSError) as e:
-        raise KitInputError(f"cannot read WAV {path}: {e}") from None
-    if width == 2:
-        x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    elif width == 4:
-        x = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2147483648.0
-    elif width == 1:
-        x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    else:
-        raise KitInputError(f"{path}: {8 * width}-bit WAV is not supported (use 8, 16 or 32-bit PCM)")
-    return x.reshape(-1, chans).mean(axis=1), rate
-
-
-def preprocess_audio(path: str | Path, spec: InputSpec) -> np.ndarray:
-    """One WAV clip as float32 ``[1, 1, frames, n_mels]`` through the manifest's audio frontend.
-
-    The sample rate must equal the frontend's (resampling on device would make
-    features differ from training); the clip is cut or zero-padded by the frontend.
+    The same conversion as an image file (:func:`edge_agent.preprocess.image_array`).
     """
+    from edge_agent.preprocess import ImageReadError, image_array
+
+    if spec.kind != "image":
+        raise KitInputError("this kit takes audio, not images")
+    try:
+        return image_array(frame, spec)[None]
+    except ImageReadError as e:
+        raise KitInputError(str(e)) from None
+
+
+def _frontend(spec: InputSpec):
     # Imported lazily: image-only devices need not ship the audio frontend.
     from edge_agent.audio.frontend import AudioFrontend, FrontendConfigError
 
+    if spec.kind != "audio":
+        raise KitInputError("this kit takes images, not audio")
     try:
-        frontend = AudioFrontend.from_dict(spec.frontend)
+        return AudioFrontend.from_dict(spec.frontend)
     except FrontendConfigError as e:
         raise KitError(f"kit audio frontend is invalid: {e}") from None
-    samples, rate = _read_wav(Path(path))
-    if rate != frontend.sample_rate:
-        raise KitInputError(f"{path} is sampled at {rate} Hz, the kit expects {frontend.sample_rate} Hz")
-    feats = np.asarray(frontend(samples), dtype=np.float32)  # [1, frames, n_mels]
+
+
+def audio_input(samples: np.ndarray, sample_rate: int, spec: InputSpec) -> np.ndarray:
+    """An audio buffer as float32 ``[1, 1, frames, n_mels]`` through the kit's frontend.
+
+    ``samples`` is ``[n]`` or ``[n, channels]``: float in [-1, 1], or int16 (divided
+    by 32768) or int32 (by 2**31). Channels are averaged, ``sample_rate`` (Hz) is
+    resampled to the frontend's with the polyphase filter training uses, and the
+    clip is centre-cut or zero-padded to the frontend's length: what a file gets.
+    """
+    from edge_agent.audio.io import resample, to_mono
+
+    frontend = _frontend(spec)
+    x = np.asarray(samples)
+    if x.ndim not in (1, 2) or x.size == 0:
+        raise KitInputError(f"an audio buffer is [samples] or [samples, channels], not {list(x.shape)}")
+    if x.dtype == np.int16:
+        x = x.astype(np.float32) / 32768.0
+    elif x.dtype == np.int32:
+        x = (x.astype(np.float64) / 2147483648.0).astype(np.float32)
+    elif x.dtype.kind != "f":
+        raise KitInputError(f"audio samples must be float, int16 or int32, not {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise KitInputError("audio buffer has NaN or infinite samples")
+    if isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise KitInputError(f"sample rate must be a positive number of Hz, not {sample_rate!r}")
+    return _features(resample(to_mono(x), int(sample_rate), frontend.sample_rate), frontend, spec)
+
+
+def _features(wave: np.ndarray, frontend, spec: InputSpec) -> np.ndarray:
+    from edge_agent.audio.frontend import fit_length
+
+    feats = np.asarray(frontend(fit_length(wave, frontend.clip_samples)), dtype=np.float32)  # [1, frames, n_mels]
     if tuple(feats.shape) != spec.shape:
         raise KitInputError(f"audio features are {list(feats.shape)}, the kit expects {list(spec.shape)}")
     return feats[None]
 
 
+def preprocess_audio(path: str | Path, spec: InputSpec) -> np.ndarray:
+    """One WAV or FLAC clip as float32 ``[1, 1, frames, n_mels]`` through the manifest's audio frontend.
+
+    Any rate, channel count and WAV encoding (8/16/24/32-bit PCM, 32/64-bit float) is
+    read by :mod:`edge_agent.audio.io`, mixed to mono and resampled to the frontend's
+    rate, exactly as training reads its clips; the clip is cut or zero-padded.
+    """
+    from edge_agent.audio.io import AudioReadError, load_audio
+
+    frontend = _frontend(spec)
+    try:
+        wave = load_audio(path, frontend.sample_rate)
+    except AudioReadError as e:
+        raise KitInputError(str(e)) from None
+    return _features(wave, frontend, spec)
+
+
 def load_input(path: str | Path, spec: InputSpec) -> np.ndarray:
-    """A file (image or WAV, by suffix and spec kind) as model-ready float32 ``[1, C, H, W]``."""
+    """A file (image, WAV or FLAC, by suffix and spec kind) as model-ready float32 ``[1, C, H, W]``."""
     p = Path(path)
     if not p.is_file():
         raise KitInputError(f"input {p} does not exist")
@@ -309,7 +347,7 @@ def load_input(path: str | Path, spec: InputSpec) -> np.ndarray:
             raise KitInputError(f"this kit takes images, not {suffix} files")
         return preprocess_image(p, spec)
     if suffix not in AUDIO_SUFFIXES:
-        raise KitInputError(f"this kit takes WAV audio clips, not {suffix or 'suffix-less'} files")
+        raise KitInputError(f"this kit takes WAV or FLAC audio clips, not {suffix or 'suffix-less'} files")
     return preprocess_audio(p, spec)
 
 

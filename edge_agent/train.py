@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
-from edge_agent.data.labeled import DataError, LabeledSet
+from edge_agent.data.labeled import CachedSet, DataError, LabeledSet
 from edge_agent.optim import AdamCosine
 from edge_agent.progress import make_progress
 
@@ -76,6 +77,10 @@ DEVICE_LOSSES = ("ce", "bce-noise", "bce-jigsaw")
 DEVICE_LOSS = {"image": "bce-jigsaw", "audio": "ce"}
 
 
+# What fine_tune trains on: inputs in memory, or rows read from a cache file a batch at a time.
+DataSet = LabeledSet | CachedSet
+
+
 class Interrupted(RuntimeError):
     """Training stopped by the user; the checkpoint allows resuming."""
 
@@ -103,12 +108,16 @@ def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
 
 
 def masked_accuracy(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, batch_size: int = 64
+    model: torch.nn.Module, x: torch.Tensor | DataSet, y: torch.Tensor, mask: torch.Tensor, batch_size: int = 64
 ) -> float:
-    """Top-1 accuracy with logits restricted to ``mask`` (the device's own task), ``batch_size`` inputs at a time."""
+    """Top-1 accuracy with logits restricted to ``mask`` (the device's own task), ``batch_size`` inputs at a time.
+
+    ``x`` is a tensor of inputs or a loaded set (whose batches may be read from disk).
+    """
     model.eval()
+    batches = x.split(batch_size) if isinstance(x, torch.Tensor) else x.batches(batch_size)
     with torch.no_grad():
-        logits = torch.cat([model(xb) for xb in x.split(batch_size)])  # small batches: devices have little memory
+        logits = torch.cat([model(xb) for xb in batches])  # small batches: devices have little memory
     logits = logits.masked_fill(~mask, float("-inf"))
     return float((logits.argmax(1) == y).float().mean())
 
@@ -146,19 +155,19 @@ def device_loss(
     return positives + cfg.negatives * F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
 
 
-def _fingerprint(bundle: Bundle, data: LabeledSet, cfg: TrainConfig) -> str:
+def _fingerprint(bundle: Bundle, data: DataSet, cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     h.update(bundle.id.encode())
     h.update("\n".join(bundle.labels).encode())  # a grown label list is another model
     h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
-    h.update(data.x.numpy().tobytes())
+    data.digest(h)
     h.update("\n".join(data.labels).encode())
     return h.hexdigest()
 
 
 def fine_tune(
     bundle: Bundle,
-    data: LabeledSet,
+    data: DataSet,
     cfg: TrainConfig,
     checkpoint: Path | None = None,
     progress: bool = True,
@@ -166,13 +175,15 @@ def fine_tune(
 ) -> tuple[torch.nn.Module, dict]:
     """Fine-tune ``bundle.model`` in place on ``data``; returns the model and metrics.
 
+    ``data`` is in memory (:class:`LabeledSet`) or read from disk a batch at a time
+    (:class:`CachedSet`); both give the same batches for a seed.
     ``stop_after_epoch`` simulates an interruption (tests); a real Ctrl-C does the same.
     """
     labels = bundle.labels
     cfg = cfg.for_input(bundle.input_spec.kind)
     y_all = data.targets(labels)  # raises DataError for labels the model does not know
     train, val = split_train_val(data, cfg.val_fraction, cfg.seed)
-    x, y = train.x, train.targets(labels)
+    x, y = train, train.targets(labels)
     own = torch.zeros(len(labels), dtype=torch.bool)
     own[y_all.unique()] = True
     own_idx = own.nonzero().flatten()
@@ -201,7 +212,7 @@ def fine_tune(
                 idx = perm[i : i + cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm needs more than one sample
                     continue
-                loss = device_loss(model, _shift(x[idx], cfg.shift, g), remap[y[idx]], own_idx, cfg, g)
+                loss = device_loss(model, _shift(x.take(idx), cfg.shift, g), remap[y[idx]], own_idx, cfg, g)
                 loss.backward()
                 opt.step()
                 # Drop the gradients now, not before the next backward: the next forward's activations then find
@@ -221,7 +232,7 @@ def fine_tune(
     metrics = {"train_loss": loss_val, "loss": cfg.loss, "epochs": cfg.epochs, "n_train": len(x)}
     # Evaluation batches no larger than the training ones: they fit in memory the training steps already used.
     if val is not None:
-        metrics["val_accuracy"] = masked_accuracy(model, val.x, val.targets(labels), own, cfg.batch_size)
+        metrics["val_accuracy"] = masked_accuracy(model, val, val.targets(labels), own, cfg.batch_size)
         metrics["n_val"] = len(val)
     metrics["train_accuracy"] = masked_accuracy(model, x, y, own, cfg.batch_size)
     model.eval()
@@ -265,17 +276,30 @@ def _load_checkpoint(path: Path, fp: str, model, opt: AdamCosine, g: torch.Gener
     return int(meta["epoch"])
 
 
-def load_local_data(path: str | Path, bundle: Bundle, split: str = "train") -> LabeledSet:
-    """Read a device's local data in the layout that fits the model's input kind."""
+def load_local_data(
+    path: str | Path,
+    bundle: Bundle,
+    split: str = "train",
+    skip_bad: bool = False,
+    cache_dir: str | Path | None = None,
+) -> DataSet:
+    """Read a device's local data in the layout that fits the model's input kind.
+
+    ``skip_bad`` leaves unreadable files out (listed in ``.report.skipped``) instead
+    of stopping at the first; ``cache_dir`` converts the files once into a cache
+    there and returns a set that reads it a batch at a time (bounded memory).
+    """
     spec = bundle.input_spec
     if spec.kind == "audio":
         from edge_agent.audio.frontend import AudioFrontend
         from edge_agent.data.speech import load_speech_commands
 
-        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split=split)
+        return load_speech_commands(
+            path, AudioFrontend.from_dict(spec.frontend), split=split, skip_bad=skip_bad, cache_dir=cache_dir
+        )
     from edge_agent.data.images import load_image_folder
 
-    return load_image_folder(path, spec)
+    return load_image_folder(path, spec, skip_bad=skip_bad, cache_dir=cache_dir)
 
 
 def train_bundle(
@@ -286,23 +310,49 @@ def train_bundle(
     progress: bool = True,
     stop_after_epoch: int | None = None,
     fresh: bool = False,
+    skip_bad: bool = False,
+    summary: Callable[[str], None] | None = None,
 ) -> dict:
     """Fine-tune the bundle at ``model_path`` on ``data_dir``; write the new bundle to ``out_path``.
 
-    Returns ``{"id", "out", "classes", "metrics", "resumed_from_epoch"}``. The checkpoint lives next to
-    ``out_path`` until training completes; ``fresh`` discards it first. ``cfg.batch_size=None`` takes
+    Returns ``{"id", "out", "classes", "added_labels", "metrics", "notes", "skipped", "resumed_from_epoch"}``.
+    Classes of the data that the model does not know join its label list (``added_labels``; the
+    head grows, old outputs unchanged). The inputs are converted once into a cache folder next
+    to ``out_path`` (``<out>.cache``) and read from it a batch at a time, so memory does not grow
+    with the data; the cache and the checkpoint (``<out>.ckpt``) live until training completes;
+    ``fresh`` discards the checkpoint first. ``summary``, if given, is called with each line of
+    what was read and converted before training starts. ``cfg.batch_size=None`` takes
     :data:`DEVICE_BATCH_SIZE` for the bundle's input kind (what the device CLIs pass).
     """
+    import shutil
+
     cfg = cfg or TrainConfig()
     bundle = parent = load_bundle(model_path)
     cfg = cfg.for_input(bundle.input_spec.kind)
-    data = load_local_data(data_dir, bundle, split="train")
-    # Classes the central has never seen join the label list; their head rows start below every old class.
+    out_path = Path(out_path)
+    cache = out_path.with_name(out_path.name + ".cache")
+    checkpoint = out_path.with_name(out_path.name + ".ckpt")
+    try:
+        data = load_local_data(data_dir, bundle, split="train", skip_bad=skip_bad, cache_dir=cache)
+    except BaseException as e:
+        if not checkpoint.exists():  # nothing to resume: the cache folder would only be litter
+            shutil.rmtree(cache, ignore_errors=True)
+        if not isinstance(e, DataError) or skip_bad or "cannot read" not in str(e):
+            raise
+        raise DataError(f"{e} (--skip-bad leaves unreadable files out)") from None
+    notes = []
+    if len(data.classes) == 1:
+        notes.append(
+            f"one class ({data.classes[0]}): validation accuracy is 1.0 by construction (masked logits of one class) "
+            "and measures nothing; the device model still learns its class against the rest for the central"
+        )
+    if summary is not None and data.report is not None:
+        for line in data.report.lines():
+            summary(line)
+    # Classes the central has never seen join the label list (edge_agent.models.remap_head draws their rows).
     new_labels = [c for c in data.classes if c not in set(bundle.labels)]
     if new_labels:
         bundle = bundle.with_labels([*bundle.labels, *new_labels])
-    out_path = Path(out_path)
-    checkpoint = out_path.with_name(out_path.name + ".ckpt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fresh:
         checkpoint.unlink(missing_ok=True)
@@ -321,8 +371,12 @@ def train_bundle(
     )
     bid = save_bundle(model, manifest, out_path)
     checkpoint.unlink(missing_ok=True)
-    return {"id": bid, "out": str(out_path), "classes": data.classes, "added_labels": new_labels, "metrics": metrics,
-            "resumed_from_epoch": resumed}
+    skipped = [f for f, _ in data.report.skipped] if data.report is not None else []
+    classes = data.classes
+    del data  # closes the cache file before it is removed
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"id": bid, "out": str(out_path), "classes": classes, "added_labels": new_labels, "metrics": metrics,
+            "notes": notes, "skipped": skipped, "resumed_from_epoch": resumed}
 
 
 def _checkpoint_epoch(path: Path) -> int:

@@ -65,6 +65,28 @@ def test_infer_runs_without_torch_and_matches_the_kit_here(kit, tmp_path):
         assert np.allclose([r["logit"] for r in there], [r.logit for r in here], atol=1e-4)
 
 
+def test_infer_takes_a_48k_stereo_float_wav_without_torch(tmp_path):
+    import soundfile
+
+    from edge_agent.audio.frontend import AudioFrontend
+
+    fe = AudioFrontend()
+    spec = InputSpec("audio", fe.input_shape, frontend=fe.to_dict())
+    torch.manual_seed(0)
+    kit = write_kit(create_model("ds-cnn", 3).eval(), spec, ["yes", "no", "up"], "e" * 64, tmp_path / "kws", ("onnx",),
+                    parity_samples=8).path
+    t = np.arange(48000) / 48000
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3000 * t)
+    clip = tmp_path / "clip48k.wav"
+    soundfile.write(str(clip), np.stack([tone, 0.5 * tone], 1).astype(np.float32), 48000, subtype="FLOAT")
+    p = _run("edge-agent", "infer", str(kit), str(clip), "--top-k", "3", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    there = json.loads(p.stdout)
+    here = infer(kit, clip, k=3)
+    assert [r["label"] for r in there] == [r.label for r in here]
+    assert np.allclose([r["logit"] for r in there], [r.logit for r in here], atol=1e-4)
+
+
 def test_bench_runs_without_torch(kit, tmp_path):
     p = _run("edge-agent", "bench", str(kit), "--runs", "20", "--warmup", "5", "--json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]

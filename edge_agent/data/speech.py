@@ -23,58 +23,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_agent.audio import io as audio_io
 from edge_agent.audio.frontend import AudioFrontend, fit_length
-from edge_agent.data.labeled import DataError, LabeledSet
+from edge_agent.audio.io import AUDIO_SUFFIXES
+from edge_agent.data.labeled import CachedSet, DataError, DataReport, LabeledSet, cached_rows, read_lines, source_key
 
 SPLITS = ("train", "validation", "testing", "all")
 BACKGROUND_NOISE_DIR = "_background_noise_"
 _LAYOUT = (
-    "expected the Speech Commands layout: ROOT/<word>/*.wav (one folder per word), "
+    "expected the Speech Commands layout: ROOT/<word>/*.wav or *.flac (one folder per word), "
     "optional ROOT/validation_list.txt and ROOT/testing_list.txt, optional ROOT/_background_noise_/"
 )
 
 
 def read_clip(path: str | os.PathLike, sample_rate: int = 16000, clip_samples: int | None = None) -> np.ndarray:
-    """Read a WAV (or any libsndfile format) as float32 mono ``[clip_samples]`` in [-1, 1].
+    """Read a WAV or FLAC file as float32 mono ``[clip_samples]`` in [-1, 1].
 
     Channels are averaged; another sample rate is resampled to ``sample_rate``
-    (Hz) with a polyphase filter; the clip is centre-padded with zeros or
-    centre-cropped to ``clip_samples`` (default: one second, ``sample_rate``).
-    A file that cannot be decoded raises :class:`DataError` naming it.
+    (Hz) with a polyphase filter (:func:`edge_agent.audio.io.resample`); the clip
+    is centre-padded with zeros or centre-cropped to ``clip_samples`` (default:
+    one second, ``sample_rate``).  A file that cannot be decoded raises
+    :class:`DataError` naming it.
     """
-    wave, rate = _read_mono(path)
-    if rate != sample_rate:
-        wave = resample(wave, rate, sample_rate)
+    wave = read_audio(path, sample_rate)
     return fit_length(wave, sample_rate if clip_samples is None else int(clip_samples))
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     """Read a whole recording as float32 mono at ``sample_rate`` Hz (no pad or crop)."""
-    wave, rate = _read_mono(path)
-    return resample(wave, rate, sample_rate) if rate != sample_rate else wave
+    try:
+        return audio_io.load_audio(path, sample_rate)
+    except audio_io.AudioReadError as e:
+        raise DataError(str(e)) from None
 
 
 def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Resample the last axis from ``rate_in`` to ``rate_out`` Hz (polyphase, float32)."""
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(int(rate_in), int(rate_out))
-    return resample_poly(wave, rate_out // g, rate_in // g, axis=-1).astype(np.float32)
+    return audio_io.resample(wave, rate_in, rate_out)
 
 
-def _read_mono(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    import soundfile
-
-    try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile's errors vary by format and version
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise DataError(f"cannot read audio file {path}: {reason}") from None
-    if data.shape[0] == 0:
-        raise DataError(f"audio file {path} has no samples")
-    return data.mean(axis=1).astype(np.float32), int(rate)
+def _clip_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def list_words(root: str | os.PathLike) -> list[str]:
@@ -85,10 +74,10 @@ def list_words(root: str | os.PathLike) -> list[str]:
     words = sorted(
         p.name
         for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith((".", "_")) and any(p.glob("*.wav"))
+        if p.is_dir() and not p.name.startswith((".", "_")) and _clip_files(p)
     )
     if not words:
-        raise DataError(f"{root} has no word folders with .wav files; {_LAYOUT}")
+        raise DataError(f"{root} has no word folders with .wav or .flac files; {_LAYOUT}")
     return words
 
 
@@ -96,7 +85,7 @@ def _read_list(root: Path, split: str) -> set[str] | None:
     path = root / f"{split}_list.txt"
     if not path.is_file():
         return None
-    return {line.strip().replace("\\", "/") for line in path.read_text().splitlines() if line.strip()}
+    return {line.replace("\\", "/") for line in read_lines(path, f"{split} list")}
 
 
 def list_clips(
@@ -113,7 +102,7 @@ def list_clips(
         missing = sorted(set(words) - set(available))
         if missing:
             raise DataError(f"no folder for word(s) {', '.join(missing)} in {root} (it has: {', '.join(available)})")
-    clips = sorted((f"{w}/{p.name}", w) for w in words for p in (root / w).glob("*.wav"))
+    clips = sorted((f"{w}/{p.name}", w) for w in words for p in _clip_files(root / w))
     if split == "all":
         return clips
     lists = {name: _read_list(root, name) for name in ("validation", "testing")}
@@ -147,33 +136,115 @@ def load_waves(
     return waves, [w for _, w in clips]
 
 
+def scan_speech_folder(root: str | os.PathLike, frontend: AudioFrontend) -> DataReport:
+    """A report of what ``root`` holds besides the clips: empty and nested folders, other files."""
+    root = Path(root)
+    report = DataReport(
+        str(root), "audio", f"{frontend.sample_rate} Hz mono, {frontend.clip_samples / frontend.sample_rate:g} s clips, "
+        f"log-mel {'x'.join(map(str, frontend.input_shape))}"
+    )
+    if not root.is_dir():
+        return report
+    ignored: dict[str, int] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        if not _clip_files(folder):
+            report.empty.append(folder.name)
+        for p in sorted(folder.iterdir()):
+            if p.is_dir() and not p.name.startswith("."):
+                report.nested.append(f"{folder.name}/{p.name}/")
+            elif p.is_file() and p.suffix.lower() not in AUDIO_SUFFIXES and not p.name.startswith("."):
+                suffix = p.suffix.lower() or "(no suffix)"
+                ignored[suffix] = ignored.get(suffix, 0) + 1
+    report.loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    report.ignored = ignored
+    return report
+
+
+def _featurize(root: Path, clips, frontend: AudioFrontend, report: DataReport, skip_bad: bool, keep) -> list[str]:
+    # Read and featurize 64 clips at a time: only the features (8 KB a clip) are kept, never all the waves
+    # (64 KB a clip); the STFT intermediates are ~0.4 MB per clip, and devices have little memory.
+    chunk = 64
+    waves = np.empty((chunk, frontend.clip_samples), dtype=np.float32)
+    labels: list[str] = []
+    sources: dict[str, int] = {}
+    adjusted: dict[str, int] = {}
+    per_class: dict[str, int] = {}
+    n = frontend.clip_samples
+    for start in range(0, len(clips), chunk):
+        k = 0
+        for rel, word in clips[start : start + chunk]:
+            try:
+                wave, meta = audio_io.load_audio_with_info(root / rel, frontend.sample_rate)
+            except audio_io.AudioReadError as e:
+                if not skip_bad:
+                    raise DataError(str(e)) from None
+                report.skipped.append((str(root / rel), str(e).split(": ", 1)[-1]))
+                continue
+            src = f"{meta.rate} Hz {_channels(meta.channels)} {meta.encoding}"
+            sources[src] = sources.get(src, 0) + 1
+            if len(wave) != n:
+                what = f"zero-padded to {n / frontend.sample_rate:g} s" if len(wave) < n else f"cut to the middle {n / frontend.sample_rate:g} s"
+                adjusted[what] = adjusted.get(what, 0) + 1
+            waves[k] = fit_length(wave, n)
+            labels.append(word)
+            per_class[word] = per_class.get(word, 0) + 1
+            k += 1
+        if k:
+            for row in frontend(waves[:k]):
+                keep(row)
+    if not labels:
+        raise DataError(f"no readable clip in {root} ({len(report.skipped)} skipped)")
+    report.sources, report.adjusted, report.per_class = sources, adjusted, per_class
+    return labels
+
+
+def _channels(n: int) -> str:
+    return {1: "mono", 2: "stereo"}.get(n, f"{n}-channel")
+
+
 def load_speech_commands(
     root: str | os.PathLike,
     frontend: AudioFrontend | None = None,
     split: str = "train",
     words: list[str] | tuple[str, ...] | None = None,
-) -> LabeledSet:
+    skip_bad: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> LabeledSet | CachedSet:
     """Load a Speech Commands split as frontend features: ``x`` ``[N, 1, frames, n_mels]``.
 
-    ``frontend`` defaults to ``AudioFrontend()``; clips are read at its sample
-    rate and length.  ``words`` restricts the classes (default: every word
-    folder).  Labels are the word folder names.
+    ``frontend`` defaults to ``AudioFrontend()``; clips (WAV or FLAC, any rate and
+    channel count) are mixed to mono, resampled to its rate and cut or padded to
+    its length.  ``words`` restricts the classes (default: every word folder).
+    Labels are the word folder names.  An unreadable file raises
+    :class:`DataError` naming it, or with ``skip_bad`` is left out and listed in
+    ``.report.skipped``.  With ``cache_dir`` the features are written once to a
+    file there and a :class:`CachedSet` reads them a batch at a time.
     """
     frontend = frontend or AudioFrontend()
+    root = Path(root)
     clips = list_clips(root, split, words)
     if not clips:
         raise DataError(f"split {split!r} of {root} has no clips")
-    feats = np.empty((len(clips), *frontend.input_shape), dtype=np.float32)
-    # Read and featurize 64 clips at a time: only the features (8 KB a clip) are kept, never all the waves
-    # (64 KB a clip); the STFT intermediates are ~0.4 MB per clip, and devices have little memory.
-    chunk = 64
-    waves = np.empty((chunk, frontend.clip_samples), dtype=np.float32)
-    for start in range(0, len(clips), chunk):
-        part = clips[start : start + chunk]
-        for i, (rel, _) in enumerate(part):
-            waves[i] = read_clip(Path(root) / rel, frontend.sample_rate, frontend.clip_samples)
-        feats[start : start + len(part)] = frontend(waves[: len(part)])
-    return LabeledSet(torch.from_numpy(feats), [w for _, w in clips])
+    report = scan_speech_folder(root, frontend)
+    shape = frontend.input_shape
+    if cache_dir is None:
+        feats = np.empty((len(clips), *shape), dtype=np.float32)
+        n = 0
+
+        def keep(row):
+            nonlocal n
+            feats[n] = row
+            n += 1
+
+        labels = _featurize(root, clips, frontend, report, skip_bad, keep)
+        return LabeledSet(torch.from_numpy(feats[:n]), labels, report)
+    key = source_key("audio", frontend.to_dict(), split, skip_bad, files=[root / rel for rel, _ in clips])
+
+    def build(write):
+        return _featurize(root, clips, frontend, report, skip_bad, write), report
+
+    store, labels, report = cached_rows(cache_dir, key, "float32", shape, build)
+    return CachedSet(store, np.arange(len(labels)), labels, lambda rows: rows, key, report)
 
 
 def load_background_noise(root: str | os.PathLike, sample_rate: int = 16000) -> list[np.ndarray]:
@@ -181,4 +252,4 @@ def load_background_noise(root: str | os.PathLike, sample_rate: int = 16000) -> 
     folder = Path(root) / BACKGROUND_NOISE_DIR
     if not folder.is_dir():
         return []
-    return [read_audio(p, sample_rate) for p in sorted(folder.glob("*.wav"))]
+    return [read_audio(p, sample_rate) for p in _clip_files(folder)]
