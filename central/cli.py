@@ -27,7 +27,7 @@ out_console = Console()
 @app.command()
 @friendly
 def init(
-    arch: Annotated[str, typer.Option(help="architecture from the model zoo (cnn-s, ds-cnn)")] = "cnn-s",
+    arch: Annotated[str, typer.Option(help="architecture from the model zoo (cnn-s, resnet-s, ds-cnn)")] = "cnn-s",
     labels: Annotated[Path, typer.Option(help="text file, one label per line: the global label list")] = ...,
     input_shape: Annotated[
         Optional[str], typer.Option(help="CxHxW for image models, e.g. 1x16x16 (default: 1x16x16; audio: from the frontend)")
