@@ -46,3 +46,16 @@ def test_exports_to_onnx_and_tflite_with_parity(tmp_path):
     assert {a["file"] for a in arts} == {"model.onnx", "model.tflite"}
     for a in arts:
         assert a["parity"]["passed"] and a["parity"]["max_abs_diff"] < 1e-4 and a["parity"]["top1_agreement"] == 1.0
+
+
+def test_central_init_and_bundle_round_trip(tmp_path):
+    from central.create import init_central
+    from edge_agent.bundle import load_bundle
+
+    init_central("resnet-s", [str(i) for i in range(10)], tmp_path / "c0.safetensors", (1, 28, 28), seed=3, width=16)
+    b = load_bundle(tmp_path / "c0.safetensors")
+    assert b.manifest.arch == "resnet-s" and b.manifest.arch_config == {"in_chans": 1, "width": 16, "blocks": 1}
+    torch.manual_seed(3)
+    twin = create_model("resnet-s", 10, in_chans=1, width=16).eval()
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(b.model.eval()(x), twin(x))
