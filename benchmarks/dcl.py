@@ -60,9 +60,9 @@ class StreamSetup:
     consolidation: dict = field(default_factory=dict)  # this stream's ConsolidationConfig defaults
 
 
-# The 28x28 streams: (writer, cap on training images per class for CPU time). Split Fashion-MNIST keeps 600
-# of the 6,000 training images of a class (540 for the device, 60 for val) and the whole official test set;
-# Split-MNIST has 500 digits a class in all (350 device, 50 val, 100 test).
+# The 28x28 streams. For CPU time Split Fashion-MNIST keeps 600 of the 6,000 training images of a class (540 for
+# the device, 60 for val) and the whole official test set; Split-MNIST has 500 digits a class in all (350 device,
+# 50 val, 100 test).
 FASHION_PER_CLASS = 600
 IMAGE_STREAMS = ("split-digits", "split-fashion", "split-mnist")
 IMAGE_ARCHS = ("cnn-s", "resnet-s")
@@ -114,7 +114,7 @@ def load_stream(
 
 def devices_folder(setup: StreamSetup, work: Path, seed: int) -> Path:
     """Where a seed's central-0 device models are written (one folder per stream and model beyond split-digits)."""
-    if setup.name == "split-digits" and setup.arch == "cnn-s" or setup.name.startswith("kws"):
+    if (setup.name == "split-digits" and setup.arch == "cnn-s") or setup.name.startswith("kws"):
         return work / f"devices-seed{seed}"
     return work / f"devices-{setup.name}-{setup.arch}-seed{seed}"
 
