@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCK := constraints.txt
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c $(LOCK)
 
-.PHONY: install demo demo-full test lint lock clean device-venv tflite-runtime-venv
+.PHONY: install demo demo-full test lint lock clean device-venv tflite-runtime-venv fashion-mnist
 
 install: $(STAMP)
 
@@ -55,6 +55,14 @@ device-venv:
 	.venv-device/bin/python -m pip install -q --disable-pip-version-check -c $(LOCK) -c .venv-device/no-torch.txt \
 	  --no-build-isolation '.[onnx,litert]'
 	rm -rf build
+
+# Split Fashion-MNIST reads the IDX files of Debian's dataset-fashion-mnist; without them its tests skip.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	@if [ -d $(FASHION_MNIST) ]; then echo "fashion-mnist: $(FASHION_MNIST) present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "fashion-mnist: skipped (needs apt-get as root: apt-get install dataset-fashion-mnist); its tests will be skipped"; fi
 
 # tflite-runtime 2.14 (32-bit Raspberry Pi OS) needs numpy<2: it gets its own venv.
 tflite-runtime-venv:

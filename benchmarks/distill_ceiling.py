@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.dcl import RESULTS, load_stream
+from benchmarks.dcl import IMAGE_ARCHS, RESULTS, STREAMS, devices_folder, load_stream
 from benchmarks.variants import centred_targets
 from central.consolidate import class_support, known_mask, support_tensor
 from central.methods import Teacher
@@ -32,10 +32,10 @@ from edge_agent.bundle import load_bundle
 from edge_agent.evaluate import evaluate_logits, predict_logits
 
 
-def ceiling(stream: str, work: Path, seed: int, split: str) -> dict:
-    setup = load_stream(stream, work, seed, split, write=False)
+def ceiling(stream: str, work: Path, seed: int, split: str, arch: str | None = None) -> dict:
+    setup = load_stream(stream, work, seed, split, write=False, arch=arch)
     labels, data = setup.base.labels, setup.stream.test
-    folder = work / f"devices-seed{seed}"
+    folder = devices_folder(setup, work, seed)
     paths = [folder / f"{e['name']}.safetensors" for e in setup.stream.experiences]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -59,14 +59,15 @@ def ceiling(stream: str, work: Path, seed: int, split: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stream", default="kws-domain", choices=["split-digits", "kws-domain", "kws-class"])
+    ap.add_argument("--stream", default="kws-domain", choices=STREAMS)
+    ap.add_argument("--arch", default=None, choices=IMAGE_ARCHS, help="image streams: the model of the dcl run")
     ap.add_argument("--work", type=Path, required=True, help="the --work folder of a benchmarks.dcl run")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--split", default="test", choices=["test", "val"])
     ap.add_argument("--out", type=Path, default=RESULTS.parent / "distill-ceiling")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    runs = [ceiling(args.stream, args.work, s, args.split) for s in range(args.seeds)]
+    runs = [ceiling(args.stream, args.work, s, args.split, args.arch) for s in range(args.seeds)]
     means = [r["logit_mean"] for r in runs]
     centred = [r["centred_logit_mean"] for r in runs]
     report = {
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
         "centred_logit_mean": float(np.mean(centred)),
         "centred_logit_mean_std": float(np.std(centred)),
     }
-    stem = f"distill-ceiling-{args.stream}" + ("" if args.split == "test" else f"-{args.split}")
+    stem = f"distill-ceiling-{args.stream}" + (f"-{args.arch}" if args.arch and args.arch != "cnn-s" else "")
+    stem += "" if args.split == "test" else f"-{args.split}"
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{stem}.json", report)
     lines = [

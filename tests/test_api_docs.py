@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from central.create import init_central
+from central.init import init_central
 from PIL import Image
 
 from edge_agent.train import TrainConfig, train_bundle

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from central.create import init_central, read_labels
+from central.init import init_central, read_labels
 from PIL import Image
 
 from edge_agent.bundle import load_bundle

@@ -14,6 +14,7 @@ The classifier is always ``model.head`` (an ``nn.Linear``).
 # Importing the modules fills the registry.
 from edge_agent.models import cnn as _cnn  # noqa: F401,E402
 from edge_agent.models import dscnn as _dscnn  # noqa: F401,E402
+from edge_agent.models import resnet as _resnet  # noqa: F401,E402
 from edge_agent.models.registry import (
     EdgeModel,
     UnknownArchitectureError,
