@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes (1 torch thread each)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
     ap.add_argument(
-        "--out", type=Path, default=None, help="results folder (default: benchmarks/results/dcl/ for the 28x28 streams)"
+        "--out", type=Path, default=None, help="results folder (default: benchmarks/results/dcl/)"
     )
     ap.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     ap.add_argument(

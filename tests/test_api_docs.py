@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from central.init import init_central
 from PIL import Image
 
+from central.init import init_central
 from edge_agent.train import TrainConfig, train_bundle
 from export.kit import export_bundle
 

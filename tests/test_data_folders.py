@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from central.init import init_central, read_labels
 from PIL import Image
 
+from central.init import init_central, read_labels
 from edge_agent.bundle import load_bundle
 from edge_agent.data.images import load_image_folder
 from edge_agent.data.labeled import CachedSet, DataError, LabeledSet, read_lines
