@@ -60,7 +60,7 @@ class SmallResNet(EdgeModel):
         return self.features(x)
 
 
-@register_model("resnet-s")
+@register_model("resnet-s", default_shape=(1, 28, 28))
 def resnet_s(num_classes: int, in_chans: int = 1, width: int = 32, blocks: int = 1) -> SmallResNet:
     """Small ResNet: three stages of ``blocks`` basic blocks, widths ``width`` x 1/2/4, latent ``4 * width``."""
     return SmallResNet(num_classes, in_chans=in_chans, width=width, blocks=blocks)
