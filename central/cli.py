@@ -212,7 +212,7 @@ def demo(
     elif modality == "audio":
         from central.demo_audio import run_audio_demo
 
-        # ds-cnn steps cost ~5x cnn-s steps; 500 measured no better than 200 (benchmarks/results/kws.md).
+        # ds-cnn steps cost ~5x cnn-s steps; 500 measured no better than 200 (benchmarks/results/kws/kws.md).
         report = run_audio_demo(out, names, steps=steps or 200, seed=seed, log=typer.echo)
     else:
         raise ValueError(f"--modality must be image or audio, not {modality!r}")

@@ -270,7 +270,7 @@ def load_local_data(path: str | Path, bundle: Bundle, split: str = "train") -> L
         from edge_agent.audio.frontend import AudioFrontend
         from edge_agent.data.speech import load_speech_commands
 
-        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split=split)
+        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split=split, labels=bundle.labels)
     from edge_agent.data.images import load_image_folder
 
     return load_image_folder(path, spec)

@@ -18,7 +18,7 @@ def _load_data(path: Path, kit) -> LabeledSet:
         from edge_agent.audio.frontend import AudioFrontend
         from edge_agent.data.speech import load_speech_commands
 
-        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split="testing")
+        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split="testing", labels=kit.labels)
     from edge_agent.data.images import load_image_folder
 
     return load_image_folder(path, spec)
