@@ -577,6 +577,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training (it does not depend on --devices or the methods) instead of training it again",
     )
     ap.add_argument("--tag", default="", help="suffix of the result files (side experiments)")
+    ap.add_argument("--stem", default=None, help="file name of the results [default: dcl-STREAM[-val][-latest][-TAG]]")
     args = ap.parse_args(argv)
     methods = tuple(m for m in args.methods.split(",") if m)
     if args.joint_from:
@@ -627,6 +628,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods = aggregate(per_seed)
     stem = f"dcl-{args.stream}" + ("" if args.split == "test" else f"-{args.split}")
     stem += ("-latest" if args.devices == "latest" else "") + (f"-{args.tag}" if args.tag else "")
+    stem = args.stem or stem
     report = {
         "stream": args.stream,
         "split": args.split,
