@@ -3,7 +3,9 @@
 Read top to bottom: synthesize the keyword dataset (eSpeak NG, 8 English
 accents; cached under ``out/data``), split it into a stream of five devices
 (``domain``: same ten words, new accents per device; ``class``: two new words
-per device), create central-0 (ds-cnn), train one model per device (the same
+per device; every device also has ``_silence_`` and ``_unknown_``, the
+12-label convention of Speech Commands), create central-0 (ds-cnn, the
+:data:`KWS_LABELS`), train one model per device (the same
 code path as ``edge-agent train``), consolidate after each device with every
 method using only the bundled German sentence as data, then report the
 accuracy matrices.
@@ -32,8 +34,8 @@ from edge_agent.bundle import load_bundle
 from edge_agent.data.kws_streams import write_kws_stream
 from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import open_ood
-from edge_agent.data.speech import load_speech_commands
-from edge_agent.data.speech_synth import CORE_WORDS, write_speech_dataset
+from edge_agent.data.speech import SILENCE, UNKNOWN, load_speech_commands
+from edge_agent.data.speech_synth import CORE_WORDS, UNKNOWN_WORDS, write_speech_dataset
 from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig
 
 N_DEVICES = 5
@@ -49,6 +51,8 @@ DEVICE_LR = 3e-3
 # 64 on one thread, so the demo uses 64 (benchmarks/kws.py measured about
 # 55 CPU s per 200-step consolidation at 64).
 BATCH_SIZE = 64
+# The 12 labels of the Speech Commands task: ten keywords, then the two classes every device shares.
+KWS_LABELS = [*CORE_WORDS, SILENCE, UNKNOWN]
 
 
 def synthetic_speech(data: Path, seed: int = 0, log: Callable[[str], None] = print) -> Path:
@@ -56,7 +60,8 @@ def synthetic_speech(data: Path, seed: int = 0, log: Callable[[str], None] = pri
     meta = data / "synth.json"
     if meta.is_file():
         info = json.loads(meta.read_text())
-        if info.get("seed") == seed and info.get("words") == list(CORE_WORDS):
+        same = info.get("words") == list(CORE_WORDS) and info.get("unknown_words") == list(UNKNOWN_WORDS)
+        if info.get("seed") == seed and same and info.get("split_by") == "voice":
             log(f"reusing the synthetic dataset in {data} ({info['clips']} clips)")
             return data
     if data.exists():
@@ -75,10 +80,12 @@ def kws_stream(
     n_devices: int = N_DEVICES,
     split: str = "testing",
     write: bool = True,
+    labels: list[str] = KWS_LABELS,
 ) -> Stream:
     """Write the device folders of a ``domain`` or ``class`` stream and load every ``split`` (testing or validation).
 
     ``write=False`` reads folders an earlier call wrote (parallel readers must not rewrite them).
+    ``labels`` is the model's label list: with ``_silence_`` and ``_unknown_`` every experience has them too.
     """
     if write:
         write_kws_stream(data, folder, kind=kind, n_devices=n_devices)
@@ -86,22 +93,23 @@ def kws_stream(
     folders = [folder / d["folder"] for d in meta["devices"]]
     experiences = []
     for i, (path, d) in enumerate(zip(folders, meta["devices"], strict=True)):
-        words = d.get("words", meta["words"])
+        words = list(d.get("words", meta["words"])) + [c for c in (SILENCE, UNKNOWN) if c in labels]
         experiences.append(
             {
                 "name": f"dev{i + 1}",
-                "classes": list(words),
+                "classes": words,
                 "path": path,
                 "accents": d.get("accents"),
                 "clips": d["clips"],
             }
         )
-    test_by_exp = [load_speech_commands(p, frontend, split=split) for p in folders]
+    test_by_exp = [load_speech_commands(p, frontend, split=split, labels=labels) for p in folders]
     if split == "testing":
-        test = load_speech_commands(folder / "test", frontend, split="testing")
+        test = load_speech_commands(folder / "test", frontend, split="testing", labels=labels)
     else:
         test = LabeledSet(torch.cat([t.x for t in test_by_exp]), sum((t.labels for t in test_by_exp), []))
-    return Stream(folder, list(meta["words"]), experiences, test, test_by_exp)
+    present = {c for e in experiences for c in e["classes"]}
+    return Stream(folder, [c for c in labels if c in present], experiences, test, test_by_exp)
 
 
 def run_audio_demo(
@@ -130,7 +138,7 @@ def run_audio_demo(
     data = synthetic_speech(out / "data", seed=seed, log=log)
     t_data = time.perf_counter() - t0
     central0 = out / "central-0.safetensors"
-    init_central("ds-cnn", list(CORE_WORDS), central0, seed=seed)
+    init_central("ds-cnn", KWS_LABELS, central0, seed=seed)
     base = load_bundle(central0)
     frontend = AudioFrontend.from_dict(base.input_spec.frontend)
     kws = kws_stream(data, out / f"stream-{stream}", stream, frontend)
@@ -139,7 +147,9 @@ def run_audio_demo(
         f"central-0 {base.id[:12]} (ds-cnn)"
     )
     t1 = time.perf_counter()
-    train_cfg = TrainConfig(epochs=epochs, lr=DEVICE_LR, batch_size=DEVICE_BATCH_SIZE["audio"], seed=seed)  # as on a device
+    train_cfg = TrainConfig(
+        epochs=epochs, lr=DEVICE_LR, batch_size=DEVICE_BATCH_SIZE["audio"], seed=seed
+    )  # as on a device
     devices = train_devices(kws, central0, out / f"devices-{stream}", train_cfg, progress, log)
     t_devices = time.perf_counter() - t1
     torch.manual_seed(seed)

@@ -88,12 +88,12 @@ def evaluate_bundle(bundle_path: Path, data: Path, experiences: list[dict] | Non
     return report
 
 
-def _load_kit_data(path: Path, spec) -> LabeledSet:
+def _load_kit_data(path: Path, spec, labels: list[str]) -> LabeledSet:
     if spec.kind == "audio":
         from edge_agent.audio.frontend import AudioFrontend
         from edge_agent.data.speech import load_speech_commands
 
-        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split="testing")
+        return load_speech_commands(path, AudioFrontend.from_dict(spec.frontend), split="testing", labels=labels)
     from edge_agent.data.images import load_image_folder
 
     return load_image_folder(path, spec)
@@ -107,7 +107,7 @@ def evaluate_kit(
 
     kit = load_kit(kit_path)
     runner = open_runner(kit, format=format, precision=precision)
-    samples = _load_kit_data(Path(data), kit.input_spec)
+    samples = _load_kit_data(Path(data), kit.input_spec, kit.labels)
     x = samples.x.numpy()
     logits = [runner.run(x[i : i + 1]) for i in range(len(x))]
     known = kit.manifest.get("trained_classes") or kit.labels

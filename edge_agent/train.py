@@ -295,7 +295,8 @@ def load_local_data(
         from edge_agent.data.speech import load_speech_commands
 
         return load_speech_commands(
-            path, AudioFrontend.from_dict(spec.frontend), split=split, skip_bad=skip_bad, cache_dir=cache_dir
+            path, AudioFrontend.from_dict(spec.frontend), split=split, skip_bad=skip_bad, cache_dir=cache_dir,
+            labels=bundle.labels,
         )
     from edge_agent.data.images import load_image_folder
 

@@ -117,7 +117,9 @@ def test_keyword_cli_round(tmp_path, tiny_speech):
     from edge_agent.data.kws_streams import write_kws_stream
 
     write_kws_stream(tiny_speech, tmp_path / "stream", kind="domain", n_devices=2)
-    (tmp_path / "words.txt").write_text("\n".join(WORDS) + "\n")
+    # The 12-label convention: the keywords, then the two classes every device shares.
+    labels = [*WORDS, "_silence_", "_unknown_"]
+    (tmp_path / "words.txt").write_text("\n".join(labels) + "\n")
     run(central, "init", "--arch", "ds-cnn", "--labels", "words.txt", "--out", "c0.safetensors", cwd=tmp_path)
     for dev in ("device-01", "device-02"):
         run(ea, "train", "--model", "c0.safetensors", "--data", f"stream/{dev}", "--out", f"{dev}.safetensors",
@@ -128,12 +130,18 @@ def test_keyword_cli_round(tmp_path, tiny_speech):
         cwd=tmp_path)  # fmt: skip
     p = run(central, "evaluate", "--model", "c1.safetensors", "--data", str(tiny_speech), "--json", cwd=tmp_path)
     report = json.loads(p.stdout)
-    testing = [s for s in (tiny_speech / "testing_list.txt").read_text().splitlines() if s.strip()]
-    assert report["n"] == len(testing) and set(report["per_class"]) == set(WORDS)
+    from edge_agent.data.speech import list_clips
+
+    testing = list_clips(tiny_speech, "testing", labels=labels)
+    keyword = [s for s in (tiny_speech / "testing_list.txt").read_text().splitlines() if s.split("/")[0] in WORDS]
+    assert len(testing) == len(keyword) + 2  # one unknown word and one silence window per ~10 keyword clips
+    assert report["n"] == len(testing) and set(report["per_class"]) == set(labels)
     assert 0.0 <= report["accuracy"] <= 1.0
 
     from edge_agent.bundle import load_bundle
 
     b = load_bundle(tmp_path / "c1.safetensors")
-    assert b.manifest.method == "dac" and b.manifest.trained_classes == list(WORDS)
+    assert b.manifest.method == "dac" and b.manifest.trained_classes == labels
+    # _silence_ and _unknown_ are on every device: their support grows like a domain class's.
+    assert b.manifest.extra["class_support"]["_silence_"] == b.manifest.extra["class_support"]["_unknown_"] == 2
     assert b.manifest.extra["ood"] == "default"

@@ -49,7 +49,7 @@ def test_exports_to_onnx_and_tflite_with_parity(tmp_path):
 
 
 def test_central_init_and_bundle_round_trip(tmp_path):
-    from central.create import init_central
+    from central.init import init_central
 
     from edge_agent.bundle import load_bundle
 

@@ -12,9 +12,17 @@ system allows it, copies otherwise.
   accents (from ``speakers.json`` when present, as written by
   :mod:`edge_agent.data.speech_synth`), or, for a dataset without it, one
   group of speakers.
-- ``kind="class"``: device *i* has its own words (contiguous groups of the
-  word list, in the dataset's order when ``speakers.json`` is absent: sorted),
+- ``kind="class"``: device *i* has its own keywords (contiguous groups of the
+  keyword list, in the dataset's order when ``synth.json`` is absent: sorted),
   all speakers.
+
+The 12-label task: the keywords are ``synth.json``'s ``words`` or, for a
+real dataset, the ten :data:`edge_agent.data.speech_synth.CORE_WORDS` found
+in it; every other word folder is an unknown word.  Every device gets unknown
+words (its accents' in a domain stream; in a class stream each unknown clip
+goes to one device, by a hash of its path) and the whole
+``_background_noise_/`` folder, so each device's data holds ``_unknown_``
+and ``_silence_`` besides its own words.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import numpy as np
 
 from edge_agent.atomic import write_atomic
 from edge_agent.data.labeled import DataError
-from edge_agent.data.speech import _read_list, list_clips, list_words
+from edge_agent.data.speech import BACKGROUND_NOISE_DIR, _read_list, list_clips, list_words
+from edge_agent.data.speech_synth import CORE_WORDS
 
 STREAM_KINDS = ("domain", "class")
 
@@ -53,6 +62,9 @@ def _link(src: Path, dst: Path) -> None:
 def _write_folder(root: Path, folder: Path, rels: list[str], testing: set[str], validation: set[str]) -> None:
     for rel in rels:
         _link(root / rel, folder / rel)
+    noise = root / BACKGROUND_NOISE_DIR
+    for p in sorted(noise.glob("*.wav")) if noise.is_dir() else []:
+        _link(p, folder / BACKGROUND_NOISE_DIR / p.name)
     for name, held in (("testing", testing), ("validation", validation)):
         (folder / f"{name}_list.txt").write_text("".join(r + "\n" for r in rels if r in held))
 
@@ -89,21 +101,31 @@ def write_kws_stream(
             return [out / d["folder"] for d in old["devices"]]
         meta_file.unlink()  # from here on the folder is not a finished stream
 
+    synth_words = json.loads((root / "synth.json").read_text())["words"] if (root / "synth.json").is_file() else None
+    keywords = [w for w in synth_words if w in words] if synth_words else [w for w in words if w in CORE_WORDS] or words
     if kind == "class":
-        if n_devices < 1 or n_devices > len(words):
-            raise DataError(f"a class stream needs 1 to {len(words)} devices (one word at least each), got {n_devices}")
-        synth_words = json.loads((root / "synth.json").read_text())["words"] if (root / "synth.json").is_file() else None
-        ordered = [w for w in synth_words if w in words] if synth_words else words
-        groups = [list(g) for g in np.array_split(ordered, n_devices)]
-        device_clips = [[rel for rel, w in clips if w in g] for g in groups]
+        if n_devices < 1 or n_devices > len(keywords):
+            raise DataError(
+                f"a class stream needs 1 to {len(keywords)} devices (one word at least each), got {n_devices}"
+            )
+        groups = [list(g) for g in np.array_split(keywords, n_devices)]
+        others = [rel for rel, w in clips if w not in keywords]
+        device_clips = [
+            [rel for rel, w in clips if w in g] + [rel for rel in others if zlib.crc32(rel.encode()) % n_devices == i]
+            for i, g in enumerate(groups)
+        ]
         describe = [{"words": g} for g in groups]
     else:
         if speakers:
             accents = list(dict.fromkeys(info["accent"] for info in speakers.values()))
             if n_devices < 1 or n_devices > len(accents):
-                raise DataError(f"a domain stream of {root} needs 1 to {len(accents)} devices (one accent at least each), got {n_devices}")
+                raise DataError(
+                    f"a domain stream of {root} needs 1 to {len(accents)} devices (one accent at least each), got {n_devices}"
+                )
             groups = [list(g) for g in np.array_split(accents, n_devices)]
-            device_clips = [[rel for rel, _ in clips if speakers.get(_speaker(rel), {}).get("accent") in g] for g in groups]
+            device_clips = [
+                [rel for rel, _ in clips if speakers.get(_speaker(rel), {}).get("accent") in g] for g in groups
+            ]
             describe = [{"accents": g} for g in groups]
         else:
             if n_devices < 1:
@@ -137,14 +159,24 @@ def write_kws_stream(
     all_test = sorted(r for rels in device_clips for r in rels if r in testing)
     if all_test:
         _write_folder(root, test_dir, all_test, set(all_test), set())
-    meta = {"kind": kind, "source": str(root), "words": words, "devices": describe, "fingerprint": fingerprint}
+    meta = {
+        "kind": kind,
+        "source": str(root),
+        "words": keywords,
+        "unknown_words": [w for w in words if w not in keywords],
+        "devices": describe,
+        "fingerprint": fingerprint,
+    }
     write_atomic(meta_file, (json.dumps(meta, indent=1) + "\n").encode())
     return folders
 
 
 def _fingerprint(root: Path, kind, n_devices, clips, testing, validation, speakers) -> str:
     """Hash of what a stream is made from: the settings, every clip's path and size, the lists, the speakers."""
-    h = hashlib.sha256(json.dumps([kind, n_devices, sorted(testing), sorted(validation), speakers]).encode())
-    for rel, word in clips:
+    h = hashlib.sha256(
+        json.dumps(["12-label", kind, n_devices, sorted(testing), sorted(validation), speakers]).encode()
+    )
+    noise = sorted((root / BACKGROUND_NOISE_DIR).glob("*.wav")) if (root / BACKGROUND_NOISE_DIR).is_dir() else []
+    for rel, word in clips + [(f"{BACKGROUND_NOISE_DIR}/{p.name}", "") for p in noise]:
         h.update(f"{rel}\0{word}\0{(root / rel).stat().st_size}\n".encode())
     return h.hexdigest()

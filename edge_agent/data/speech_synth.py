@@ -5,12 +5,20 @@ and its voice data).  A *speaker* is an English accent (``en-us``,
 ``en-gb-scotland``, ...) with an eSpeak voice variant (``m3``, ``f2``,
 ``klatt4``, ...) and its own speaking rate, pitch and pitch range.  Each clip
 jitters rate and pitch, is shifted at random inside the 1 s window, gets a
-random gain and is mixed with background noise (white, pink, brown or mains
-hum, also written to ``_background_noise_/``) at a random SNR.
+random level, and may pass through a room (reverb from a synthetic
+impulse response) and a cheap microphone (a random band-pass); then it is
+mixed with background noise (white, pink, brown, blue or mains hum, also
+written to ``_background_noise_/`` for the ``_silence_`` class) at a random
+SNR.
 
-Splits are by speaker, as in the real dataset: a speaker's clips are all in
-train, all in validation or all in testing, and every accent has speakers in
-each split (so a per-accent device stream has its own test speakers).
+Besides the keywords the set has :data:`UNKNOWN_WORDS` (the other words of
+the real dataset), which the 12-label loader reads as ``_unknown_``.
+
+Splits are by voice, so accuracy on ``testing`` is accuracy on voices never
+heard in training: the voice variants are dealt into three disjoint pools
+(test, validation, train), a speaker's variant comes from its split's pool,
+and every accent has speakers in each split (so a per-accent device stream
+has its own test speakers).
 
 Determinism: same arguments and seed give byte-identical files.  eSpeak NG
 keeps hidden synthesis state across calls in one process (the same text
@@ -43,6 +51,11 @@ CLIP_SAMPLES = 16000  # 1 s
 ESPEAK_RATE = 22050  # Hz, what eSpeak NG synthesizes
 
 CORE_WORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+# The auxiliary words of Speech Commands v2: what the 12-label task calls _unknown_.
+UNKNOWN_WORDS: tuple[str, ...] = (
+    "backward", "bed", "bird", "cat", "dog", "eight", "five", "follow", "forward", "four", "happy", "house",
+    "learn", "marvin", "nine", "one", "seven", "sheila", "six", "three", "tree", "two", "visual", "wow", "zero",
+)  # fmt: skip
 
 # eSpeak NG English voices (file names under espeak-ng-data/lang/gmw), in an
 # order where neighbours are related accents: a contiguous split into device
@@ -70,8 +83,8 @@ VARIANTS: tuple[str, ...] = (
     "quincy", "rob", "robert", "shelby", "steph", "travis", "victor", "zac",
 )  # fmt: skip
 
-NOISE_TYPES: tuple[str, ...] = ("white", "pink", "brown", "hum")
-NOISE_SECONDS = 10  # length of each _background_noise_ file
+NOISE_TYPES: tuple[str, ...] = ("white", "pink", "brown", "blue", "hum")
+NOISE_SECONDS = 60  # length of each _background_noise_ file, as the real dataset's (about a minute each)
 
 # A German sentence (none of the keywords, not English): the default
 # out-of-distribution clip for data-free audio consolidation.
@@ -120,7 +133,9 @@ class _Espeak:
         try:
             import espeakng_loader
         except ImportError:
-            raise SynthesisError("speech synthesis needs the espeakng-loader package (pip install espeakng-loader)") from None
+            raise SynthesisError(
+                "speech synthesis needs the espeakng-loader package (pip install espeakng-loader)"
+            ) from None
         self._data_path = Path(espeakng_loader.get_data_path())
         self._lib = lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
@@ -248,23 +263,26 @@ def _trim(wave_: np.ndarray, threshold: float = 0.02, margin: int = 320) -> np.n
 
 
 def make_noise(kind: str, samples: int, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Background noise, float32 with RMS 0.1: ``white``, ``pink`` (1/f), ``brown`` (1/f^2) or ``hum``.
+    """Background noise, float32 with RMS 0.1: ``white``, ``pink`` (1/f), ``brown`` (1/f^2), ``blue`` (f) or ``hum``.
 
     ``hum`` is 50 or 60 Hz mains hum with harmonics over a little white noise.
     """
     if kind == "white":
         noise = rng.standard_normal(samples)
-    elif kind in ("pink", "brown"):
+    elif kind in ("pink", "brown", "blue"):
         spectrum = np.fft.rfft(rng.standard_normal(samples))
         freqs = np.fft.rfftfreq(samples, 1.0 / sample_rate)
-        # Power 1/f (pink) or 1/f^2 (brown); below 20 Hz flat, so no DC drift.
-        power = 1.0 if kind == "pink" else 2.0
+        # Power 1/f (pink), 1/f^2 (brown) or f (blue); below 20 Hz flat, so no DC drift.
+        power = {"pink": 1.0, "brown": 2.0, "blue": -1.0}[kind]
         spectrum /= np.maximum(freqs, 20.0) ** (power / 2)
         noise = np.fft.irfft(spectrum, n=samples)
     elif kind == "hum":
         t = np.arange(samples) / sample_rate
         base = rng.choice([50.0, 60.0])
-        noise = sum(rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * base * k * t + rng.uniform(0, 2 * np.pi)) for k in range(1, 8))
+        noise = sum(
+            rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * base * k * t + rng.uniform(0, 2 * np.pi))
+            for k in range(1, 8)
+        )
         noise = noise + 0.05 * rng.standard_normal(samples)
     else:
         raise ValueError(f"unknown noise type {kind!r} (known: {', '.join(NOISE_TYPES)})")
@@ -299,6 +317,40 @@ def _rms(x: np.ndarray) -> float:
 # -- the dataset -------------------------------------------------------------
 
 
+def room_and_microphone(
+    speech: np.ndarray, rng: np.random.Generator, reverb_p: float = 0.5, band_p: float = 0.5
+) -> np.ndarray:
+    """A room and a cheap microphone, each with its probability.
+
+    Room: convolution with a synthetic impulse response (a direct path, then
+    exponentially decaying noise with RT60 0.1-0.7 s, wet level 0.2-0.8).
+    Microphone: a Butterworth band-pass, low edge 100-500 Hz, high edge
+    2.5-7 kHz, order 1-4, as small MEMS and phone microphones roll off.
+    """
+    from scipy.signal import butter, fftconvolve, sosfilt
+
+    out = speech
+    if rng.uniform() < reverb_p:
+        rt60 = rng.uniform(0.1, 0.7)
+        n = int(rt60 * SAMPLE_RATE)
+        t = np.arange(n) / SAMPLE_RATE
+        tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+        tail[: int(0.003 * SAMPLE_RATE)] = 0.0  # first reflections arrive after a few ms
+        ir = rng.uniform(0.2, 0.8) * tail / np.sqrt(np.sum(tail**2))
+        ir[0] = 1.0
+        out = fftconvolve(out, ir)[: out.size + n // 2].astype(np.float32)
+    if rng.uniform() < band_p:
+        sos = butter(
+            int(rng.integers(1, 5)),
+            [rng.uniform(100, 500), rng.uniform(2500, 7000)],
+            "bandpass",
+            fs=SAMPLE_RATE,
+            output="sos",
+        )
+        out = sosfilt(sos, out).astype(np.float32)
+    return out
+
+
 def _make_speakers(
     rng: np.random.Generator,
     accents: tuple[str, ...],
@@ -306,12 +358,22 @@ def _make_speakers(
     validation_fraction: float,
     testing_fraction: float,
 ) -> list[Speaker]:
+    # Disjoint variant pools: a test (or validation) voice is never heard in training, in any accent.
+    order = [VARIANTS[int(i)] for i in rng.permutation(len(VARIANTS))]
+    held = speakers_per_accent >= 3
+    n_test_v = max(1, round(testing_fraction * len(order))) if held else 0
+    n_val_v = max(1, round(validation_fraction * len(order))) if held else 0
+    pools = {
+        "testing": order[:n_test_v],
+        "validation": order[n_test_v : n_test_v + n_val_v],
+        "train": order[n_test_v + n_val_v :],
+    }
+    taken = dict.fromkeys(pools, 0)
     speakers: list[Speaker] = []
     used_ids: set[str] = set()
     for accent in accents:
-        variants = rng.permutation(len(VARIANTS))
-        n_test = max(1, round(testing_fraction * speakers_per_accent)) if speakers_per_accent >= 3 else 0
-        n_val = max(1, round(validation_fraction * speakers_per_accent)) if speakers_per_accent >= 3 else 0
+        n_test = max(1, round(testing_fraction * speakers_per_accent)) if held else 0
+        n_val = max(1, round(validation_fraction * speakers_per_accent)) if held else 0
         splits = ["testing"] * n_test + ["validation"] * n_val
         splits += ["train"] * (speakers_per_accent - len(splits))
         for k in range(speakers_per_accent):
@@ -319,13 +381,16 @@ def _make_speakers(
             while speaker_id in used_ids:
                 speaker_id = f"{int(rng.integers(0, 2**32)):08x}"
             used_ids.add(speaker_id)
+            pool = pools[splits[k]]
+            variant = pool[taken[splits[k]] % len(pool)]  # dealt in turn: every variant of a pool is used
+            taken[splits[k]] += 1
             speakers.append(
                 Speaker(
                     speaker_id=speaker_id,
                     accent=accent,
-                    variant=VARIANTS[int(variants[k % len(VARIANTS)])],
-                    rate=int(rng.integers(130, 211)),
-                    pitch=int(rng.integers(25, 76)),
+                    variant=variant,
+                    rate=int(rng.integers(120, 221)),
+                    pitch=int(rng.integers(20, 81)),
                     pitch_range=int(rng.integers(20, 91)),
                     split=splits[k],
                 )
@@ -338,6 +403,8 @@ def write_speech_dataset(
     words: tuple[str, ...] | list[str] = CORE_WORDS,
     speakers_per_accent: int = 10,
     clips_per_speaker: int = 4,
+    unknown_words: tuple[str, ...] | list[str] = UNKNOWN_WORDS,
+    unknown_clips_per_speaker: int = 1,
     seed: int = 0,
     accents: tuple[str, ...] | list[str] = ACCENTS,
     snr_db: tuple[float, float] = (0.0, 30.0),
@@ -345,16 +412,22 @@ def write_speech_dataset(
     testing_fraction: float = 0.2,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    reverb_p: float = 0.5,
+    band_p: float = 0.5,
 ) -> dict:
     """Synthesize a keyword dataset in the Speech Commands layout under ``out``.
 
     Writes ``<word>/<speakerid>_nohash_<n>.wav`` (16 kHz mono 16-bit PCM, 1 s),
     ``validation_list.txt`` and ``testing_list.txt`` (paths relative to
-    ``out``, split by speaker within each accent), ``_background_noise_/*.wav``
-    (10 s of each noise type) and ``speakers.json`` (speaker id -> accent,
+    ``out``, split by voice, see the module docstring), ``_background_noise_/*.wav``
+    (60 s of each noise type) and ``speakers.json`` (speaker id -> accent,
     variant, rate, pitch, pitch_range, split).
 
-    ``clips_per_speaker`` clips of each word per speaker; ``snr_db`` is the
+    ``clips_per_speaker`` clips of each word per speaker, and
+    ``unknown_clips_per_speaker`` of each of ``unknown_words`` (the 12-label
+    loader uses only some of them: see :mod:`edge_agent.data.speech`);
+    ``reverb_p`` and ``band_p`` are the probabilities of a room and of a
+    cheap microphone per clip (:func:`room_and_microphone`); ``snr_db`` is the
     (low, high) range in dB of the uniform speech-to-noise ratio of each clip;
     ``workers`` is the number of synthesis processes (default: up to 2).
     ``progress(done, total)`` is called after each accent.  Returns a summary
@@ -363,10 +436,11 @@ def write_speech_dataset(
     """
     t0 = time.perf_counter()
     words = tuple(words)
+    unknown_words = tuple(w for w in unknown_words if w not in words)
     accents = tuple(accents)
     if not words:
         raise ValueError("words is empty")
-    if len(set(words)) != len(words):
+    if len(set(words)) != len(words) or len(set(unknown_words)) != len(unknown_words):
         raise ValueError("words has duplicates")
     unknown = sorted(set(accents) - set(ACCENTS))
     if unknown:
@@ -396,8 +470,10 @@ def write_speech_dataset(
     for accent in accents:
         jobs = []
         for speaker in (s for s in speakers if s.accent == accent):
-            for word in words:
-                for n in range(clips_per_speaker):
+            for word, n_clips in [(w, clips_per_speaker) for w in words] + [
+                (w, unknown_clips_per_speaker) for w in unknown_words
+            ]:
+                for n in range(n_clips):
                     job = {
                         "text": word,
                         "voice": f"{speaker.accent}+{speaker.variant}",
@@ -409,7 +485,7 @@ def write_speech_dataset(
                     clips.append((speaker, word, n))
         jobs_per_accent.append(jobs)
 
-    for word in words:
+    for word in words + unknown_words:
         (out / word).mkdir(exist_ok=True)
     lists: dict[str, list[str]] = {"validation": [], "testing": []}
     counts = {"train": 0, "validation": 0, "testing": 0}
@@ -417,8 +493,8 @@ def write_speech_dataset(
     raw_groups = synthesize(jobs_per_accent, workers=workers)
     raw = [w for group in raw_groups for w in group]
     for (speaker, word, n), samples in zip(clips, raw, strict=True):
-        speech = _trim(_to_16k(samples))
-        speech *= rng.uniform(0.2, 0.9) / max(float(np.abs(speech).max()), 1e-6)
+        speech = room_and_microphone(_trim(_to_16k(samples)), rng, reverb_p, band_p)
+        speech *= float(np.exp(rng.uniform(np.log(0.05), np.log(0.95)))) / max(float(np.abs(speech).max()), 1e-6)
         clip = _place(speech, rng)
         kind = NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))]
         start = int(rng.integers(0, noises[kind].size - CLIP_SAMPLES + 1))
@@ -431,17 +507,20 @@ def write_speech_dataset(
         if speaker.split in lists:
             lists[speaker.split].append(rel)
         done += 1
-        if progress is not None and done % max(1, len(words) * clips_per_speaker * speakers_per_accent) == 0:
+        if progress is not None and done % max(1, len(jobs_per_accent[0])) == 0:
             progress(done, len(clips))
 
     for split, paths in lists.items():
         (out / f"{split}_list.txt").write_text("".join(p + "\n" for p in sorted(paths)))
     (out / "speakers.json").write_text(
-        json.dumps({s.speaker_id: {k: v for k, v in asdict(s).items() if k != "speaker_id"} for s in speakers}, indent=1)
+        json.dumps(
+            {s.speaker_id: {k: v for k, v in asdict(s).items() if k != "speaker_id"} for s in speakers}, indent=1
+        )
         + "\n"
     )
     summary = {
         "words": list(words),
+        "unknown_words": list(unknown_words),
         "accents": list(accents),
         "speakers": len(speakers),
         "clips": len(clips),
@@ -449,7 +528,11 @@ def write_speech_dataset(
         "seed": seed,
         "speakers_per_accent": speakers_per_accent,
         "clips_per_speaker": clips_per_speaker,
+        "unknown_clips_per_speaker": unknown_clips_per_speaker,
         "snr_db": [low_snr, high_snr],
+        "reverb_p": reverb_p,
+        "band_p": band_p,
+        "split_by": "voice",
     }
     # synth.json records how the data was made (and the word order that
     # class-incremental streams follow); no timings, so files stay identical.
