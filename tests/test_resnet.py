@@ -50,7 +50,6 @@ def test_exports_to_onnx_and_tflite_with_parity(tmp_path):
 
 def test_central_init_and_bundle_round_trip(tmp_path):
     from central.init import init_central
-
     from edge_agent.bundle import load_bundle
 
     init_central("resnet-s", [str(i) for i in range(10)], tmp_path / "c0.safetensors", (1, 28, 28), seed=3, width=16)
