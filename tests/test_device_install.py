@@ -81,7 +81,7 @@ def test_infer_takes_a_48k_stereo_float_wav_without_torch(tmp_path):
     soundfile.write(str(clip), np.stack([tone, 0.5 * tone], 1).astype(np.float32), 48000, subtype="FLOAT")
     p = _run("edge-agent", "infer", str(kit), str(clip), "--top-k", "3", "--json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
-    there = json.loads(p.stdout)
+    there = json.loads(p.stdout)["predictions"]
     here = infer(kit, clip, k=3)
     assert [r["label"] for r in there] == [r.label for r in here]
     assert np.allclose([r["logit"] for r in there], [r.logit for r in here], atol=1e-4)
