@@ -1,19 +1,26 @@
 """Reliability and throughput of the central server on loopback: concurrency, crash safety, bad input, scale-out.
 
 Run:  .venv/bin/python benchmarks/server_reliability.py [--uploads 200] [--pulls 300] [--kill-rounds 2]
+      [--deliver-deadline 600]
 
 For each configuration (SQLite and PostgreSQL, 1 and 4 server processes on one port):
 
-1. ``uploads`` bundles are uploaded by as many threads at the same time;
-   every upload must be acknowledged and present, byte for byte, in the queue
-   (uploads per second, p50/p99 latency, lost).
+1. ``uploads`` bundles are uploaded by as many threads at the same time, twice:
+   against the server's default upload cap (``central serve
+   --max-concurrent-uploads``, 4 per process) and with the cap lifted to the
+   wave size (the raw capacity). Each client behaves like the device agent: a
+   503/429 is not a loss, the client waits the server's ``Retry-After`` and
+   tries again until the upload is acknowledged or ``--deliver-deadline``
+   passes. Every upload must be acknowledged and present, byte for byte, in
+   the queue (uploads per second, p50/p99 latency from the first try to the
+   acknowledgement, 503 answers, lost).
 2. ``pulls`` verified pulls (signed statement + download + sha256) from
    ``devices`` threads: zero lost or corrupted; pulls per second, p50/p99.
 3. ``kill-rounds`` times, the server (every process of it) is SIGKILLed in the
    middle of a wave of uploads and restarted: the registry must be consistent
    (database integrity, every row's blob present, every blob's bytes hashing to
    its name, no temp file left) and every upload acknowledged before the kill
-   must be there.
+   must be there. Its clients also wait out 503s; the kill cuts them.
 4. Four admins racing to consolidate the queue from its front consume every
    entry exactly once: stalled entries (left queued) and entries consumed twice
    must both be 0.
@@ -52,6 +59,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from pg_support import PostgresCluster, why_unavailable  # noqa: E402
 from test_server_support import ServerProc, make_central  # noqa: E402
 
+from central.server.app import DEFAULT_MAX_CONCURRENT_UPLOADS  # noqa: E402
 from central.server.registry import Registry  # noqa: E402
 from edge_agent.bundle import load_bundle, new_manifest, save_bundle  # noqa: E402
 from edge_agent.client.http import CentralClient, CentralError, CentralUnreachable  # noqa: E402
@@ -93,14 +101,53 @@ def enrol_devices(server: ServerProc, n: int, prefix: str) -> list[str]:
     return tokens
 
 
-def concurrent_uploads(server: ServerProc, tokens: list[str], bundles: list[bytes]) -> dict:
-    lat, acked, errors = [], [], []
+class GaveUp(Exception):
+    """A client stopped waiting to retry: its deadline passed, or the server was killed."""
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """Counts the answers (by status) and connection failures one client saw."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.status: Counter = Counter()
+        self.transport_errors = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            resp = super().handle_request(request)
+        except httpx.TransportError:
+            self.transport_errors += 1
+            raise
+        self.status[resp.status_code] += 1
+        return resp
+
+
+def agent_client(url: str, token: str, sleep, timeout: float = 60.0) -> tuple[CentralClient, CountingTransport]:
+    """The device's client (backoff, ``Retry-After`` on 503/429); ``sleep`` bounds how long it keeps trying."""
+    transport = CountingTransport()
+    # Attempts are bounded by ``sleep`` (a deadline or the kill), not by a count.
+    return CentralClient(url, token, timeout=timeout, retries=1000, sleep=sleep, transport=transport), transport
+
+
+def concurrent_uploads(server: ServerProc, tokens: list[str], bundles: list[bytes], deadline_s: float) -> dict:
+    lat, acked, errors, tries = [], [], [], []
+    status: Counter = Counter()
+    transport_errors = 0
     lock = threading.Lock()
+    deadline = time.monotonic() + deadline_s
+
+    def sleep(s: float) -> None:
+        if time.monotonic() + s > deadline:
+            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
+        time.sleep(s)
 
     def one(i: int) -> None:
+        nonlocal transport_errors
         t0 = time.perf_counter()
+        c, tr = agent_client(server.url, tokens[i], sleep)
         try:
-            with CentralClient(server.url, tokens[i], retries=3) as c:
+            with c:
                 row, _dup = c.upload_bundle(bundles[i])
             with lock:
                 lat.append(time.perf_counter() - t0)
@@ -108,6 +155,11 @@ def concurrent_uploads(server: ServerProc, tokens: list[str], bundles: list[byte
         except Exception as e:  # noqa: BLE001 - counted, reported
             with lock:
                 errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            with lock:
+                status.update(tr.status)
+                transport_errors += tr.transport_errors
+                tries.append(sum(tr.status.values()) + tr.transport_errors)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(len(bundles)) as ex:
@@ -127,6 +179,11 @@ def concurrent_uploads(server: ServerProc, tokens: list[str], bundles: list[byte
         "uploads_per_s": round(len(acked) / wall, 1),
         "latency_ms": {"p50": round(pct(lat, 50) * 1000, 1), "p99": round(pct(lat, 99) * 1000, 1),
                        "max": round(max(lat) * 1000, 1)} if lat else None,
+        "answers_503": status[503], "answers_429": status[429],
+        "answers_by_status": {str(k): v for k, v in sorted(status.items())},
+        "connection_errors": transport_errors,
+        "tries_per_upload": {"mean": round(sum(tries) / len(tries), 2), "max": max(tries)} if tries else None,
+        "deliver_deadline_s": deadline_s,
         "bundle_bytes": len(bundles[0]),
     }
 
@@ -180,27 +237,40 @@ def check_consistency(data_dir: Path, database_url: str | None) -> dict:
             "temp_files_left": len(tmp_left)}
 
 
-def crash_during_uploads(server: ServerProc, tokens: list[str], bundles: list[bytes], kill_after: int) -> dict:
+def crash_during_uploads(server: ServerProc, tokens: list[str], bundles: list[bytes], kill_after: int,
+                         deadline_s: float) -> dict:
     """Upload ``bundles`` concurrently and SIGKILL the server once ``kill_after`` were acknowledged."""
     acked: list[str] = []
     failed = 0
+    status: Counter = Counter()
     lock = threading.Lock()
     killed = threading.Event()
+    deadline = time.monotonic() + deadline_s
+
+    def sleep(s: float) -> None:
+        # A client waiting out a 503 or a failed connection is cut by the kill: nothing after it is counted.
+        if time.monotonic() + s > deadline:
+            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
+        if killed.wait(s):
+            raise GaveUp("the server was killed")
 
     def one(i: int) -> None:
         nonlocal failed
+        c, tr = agent_client(server.url, tokens[i], sleep, timeout=30)
         try:
-            # No retries: after the kill nothing is listening, and we want to know exactly what was acknowledged.
-            with CentralClient(server.url, tokens[i], retries=0, timeout=30) as c:
+            with c:
                 row, _ = c.upload_bundle(bundles[i])
             with lock:
                 acked.append(row["bundle_id"])
                 if len(acked) >= kill_after and not killed.is_set():
                     killed.set()
                     os.killpg(server.proc.pid, signal.SIGKILL)  # every server process at once
-        except (CentralUnreachable, CentralError, httpx.HTTPError):
+        except (CentralUnreachable, CentralError, httpx.HTTPError, GaveUp):
             with lock:
                 failed += 1
+        finally:
+            with lock:
+                status.update(tr.status)
 
     with ThreadPoolExecutor(len(bundles)) as ex:
         list(ex.map(one, range(len(bundles))))
@@ -213,6 +283,7 @@ def crash_during_uploads(server: ServerProc, tokens: list[str], bundles: list[by
     with server.admin() as c:
         present = {u["bundle_id"] for u in c.get("/v1/admin/queue", params={"status": "all"}).json()}
     return {"in_flight": len(bundles), "acknowledged_before_kill": len(acked), "failed_or_cut": failed,
+            "answers_503_before_kill": status[503],
             "acknowledged_missing_after_restart": len(set(acked) - present),
             "on_disk_at_kill": at_kill, "restart_to_healthy_s": round(restart_s, 2),
             "consistency_after_restart": check_consistency(server.data_dir, server.database_url)}
@@ -271,16 +342,35 @@ def drain_queue(server: ServerProc, body: bytes, admins: int = 4, take: int = 10
             "stalled": stalled, "refused_by_status": dict(refused), "wall_s": round(wall, 2)}
 
 
+def raw_capacity(tmp: Path, name: str, database_url: str | None, workers: int, base: Path, wave: list[bytes],
+                 args, max_mb: int) -> dict:
+    """The upload wave against a fresh server whose upload cap is the wave size: what the box takes at once."""
+    server = ServerProc(tmp / f"{name}-uncapped", args=["--max-upload-mb", str(max_mb), "--kit-formats", "",
+                                                        "--max-concurrent-uploads", str(len(wave))],
+                        database_url=database_url, workers=workers)
+    server.start(timeout=240)
+    try:
+        with server.admin() as c:
+            c.post("/v1/admin/versions", content=base.read_bytes()).raise_for_status()
+        tokens = enrol_devices(server, len(wave), "dev")
+        out = concurrent_uploads(server, tokens, wave, args.deliver_deadline)
+    finally:
+        server.stop()
+    out["max_concurrent_uploads"] = len(wave)
+    return out
+
+
 def run_config(tmp: Path, name: str, database_url: str | None, workers: int, base: Path, main_wave: list[bytes],
-               kill_waves: list[list[bytes]], args, max_mb: int) -> dict:
+               kill_waves: list[list[bytes]], args, max_mb: int, uncapped_database_url: str | None = None) -> dict:
     """One server configuration through every check; returns its results."""
-    # No kit formats: this measures the registry and HTTP path, not the exporter.
+    out: dict = {"database": "postgresql" if database_url else "sqlite", "workers": workers}
+    out["uncapped_uploads"] = raw_capacity(tmp, name, uncapped_database_url, workers, base, main_wave, args, max_mb)
+    # No kit formats: this measures the registry and HTTP path, not the exporter. The upload cap is the default.
     server = ServerProc(tmp / name, args=["--max-upload-mb", str(max_mb), "--kit-formats", ""],
                         database_url=database_url, workers=workers)
     t0 = time.perf_counter()
     server.start(timeout=240)
-    out: dict = {"database": "postgresql" if database_url else "sqlite", "workers": workers,
-                 "start_to_healthy_s": round(time.perf_counter() - t0, 2)}
+    out["start_to_healthy_s"] = round(time.perf_counter() - t0, 2)
     try:
         with server.admin() as c:
             c.post("/v1/admin/versions", content=base.read_bytes()).raise_for_status()
@@ -288,10 +378,12 @@ def run_config(tmp: Path, name: str, database_url: str | None, workers: int, bas
         with server.admin() as c:
             enr = c.post("/v1/admin/devices", json={"name": "probe"}).json()["token"]
         public_key = httpx.post(server.url + "/v1/enroll", json={"token": enr}).json()["public_key"]
-        out["concurrent_uploads"] = concurrent_uploads(server, tokens, main_wave)
+        out["concurrent_uploads"] = concurrent_uploads(server, tokens, main_wave, args.deliver_deadline)
+        out["concurrent_uploads"]["max_concurrent_uploads"] = DEFAULT_MAX_CONCURRENT_UPLOADS * workers
         out["pulls"] = concurrent_pulls(server, tokens[: args.devices], args.pulls, public_key)
         out["sigkill_rounds"] = [
-            crash_during_uploads(server, tokens, wave, kill_after=max(1, len(wave) // 3)) for wave in kill_waves
+            crash_during_uploads(server, tokens, wave, kill_after=max(1, len(wave) // 3),
+                                 deadline_s=args.deliver_deadline) for wave in kill_waves
         ]
         out["drain_queue"] = drain_queue(server, base.read_bytes())
         out["bad_inputs"] = bad_inputs(server, tokens[0], main_wave[0], max_mb * 1024 * 1024)
@@ -299,7 +391,8 @@ def run_config(tmp: Path, name: str, database_url: str | None, workers: int, bas
     finally:
         server.stop()
     rounds = out["sigkill_rounds"]
-    out["lost_uploads"] = out["concurrent_uploads"]["lost"] + sum(r["acknowledged_missing_after_restart"] for r in rounds)
+    out["lost_uploads"] = (out["concurrent_uploads"]["lost"] + out["uncapped_uploads"]["lost"]
+                           + sum(r["acknowledged_missing_after_restart"] for r in rounds))
     out["stalled_queue_items"] = out["drain_queue"]["stalled"]
     return out
 
@@ -314,6 +407,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,4", help="server process counts to compare")
     ap.add_argument("--databases", default="sqlite,postgresql")
     ap.add_argument("--width", type=int, default=32, help="cnn-s width of the bundles (32: ~0.4 MB)")
+    ap.add_argument("--deliver-deadline", type=float, default=600.0,
+                    help="seconds a client keeps retrying 503s before its upload counts as lost")
     ap.add_argument("--out", type=Path, default=RESULTS / "server-reliability")
     args = ap.parse_args()
     max_mb = 8
@@ -335,13 +430,13 @@ def main() -> None:
                     skipped[db] = reason
                     continue
                 for w in workers:
-                    url = None
+                    url = raw_url = None
                     if db == "postgresql":
                         cluster = cluster or PostgresCluster().start()
-                        url = cluster.new_database("bench")
+                        url, raw_url = cluster.new_database("bench"), cluster.new_database("bench")
                     name = f"{db}-{w}"
                     print(f"== {name}", flush=True)
-                    configs.append(run_config(tmp, name, url, w, base, main_wave, kill_waves, args, max_mb))
+                    configs.append(run_config(tmp, name, url, w, base, main_wave, kill_waves, args, max_mb, raw_url))
         finally:
             if cluster is not None:
                 cluster.stop()
@@ -367,6 +462,16 @@ def cpu_model() -> str:
     return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
 
 
+def upload_row(u: dict, what: str) -> str:
+    lat, t = u["latency_ms"] or {}, u["tries_per_upload"] or {}
+    return (f"| {u['uploads']} concurrent uploads ({u['bundle_bytes']} B each), {what} "
+            f"({u['max_concurrent_uploads']} at once) | {u['acknowledged']} acknowledged, {u['lost']} lost, "
+            f"{u['corrupted']} corrupted, {u['n_errors']} errors; {u['answers_503']} answers 503, {u['answers_429']} 429, "
+            f"{u['connection_errors']} connection errors, tries per upload mean {t.get('mean')} max {t.get('max')}; "
+            f"first try to acknowledgement p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms; wall {u['wall_s']} s, "
+            f"{u['uploads_per_s']} uploads/s |")
+
+
 def render_md(r: dict) -> str:
     m = r["machine"]
     lines = [
@@ -378,8 +483,33 @@ def render_md(r: dict) -> str:
         "",
         "## Summary",
         "",
-        "| database | processes | uploads/s | upload p99 ms | verified pulls/s | pull p99 ms | lost uploads | "
-        "stalled queue items | consumed twice | restart to healthy s |",
+        "Uploads: the wave at the server's default upload cap (a 503 with `Retry-After` is waited out and retried, "
+        "as the device agent does; latency is from the first try to the acknowledgement) and with the cap lifted to "
+        "the wave size; ratio = default / lifted.",
+        "",
+        "| database | processes | cap (all processes) | uploads/s | upload p50 ms | upload p99 ms | 503 answers | "
+        "tries per upload (mean, max) | lost | cap lifted to | uploads/s | upload p50 ms | upload p99 ms | 503 answers | "
+        "lost | uploads/s ratio | p50 ratio | p99 ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in r["configs"]:
+        u, x = c["concurrent_uploads"], c["uncapped_uploads"]
+        ul, xl = u["latency_ms"] or {}, x["latency_ms"] or {}
+        t = u["tries_per_upload"] or {}
+
+        def ratio(a, b):
+            return round(a / b, 2) if a is not None and b else "-"
+
+        lines.append(
+            f"| {c['database']} | {c['workers']} | {u['max_concurrent_uploads']} | {u['uploads_per_s']} | "
+            f"{ul.get('p50')} | {ul.get('p99')} | {u['answers_503']} | {t.get('mean')}, {t.get('max')} | {u['lost']} | "
+            f"{x['max_concurrent_uploads']} | {x['uploads_per_s']} | {xl.get('p50')} | {xl.get('p99')} | "
+            f"{x['answers_503']} | {x['lost']} | {ratio(u['uploads_per_s'], x['uploads_per_s'])} | "
+            f"{ratio(ul.get('p50'), xl.get('p50'))} | {ratio(ul.get('p99'), xl.get('p99'))} |")
+    lines += [
+        "",
+        "| database | processes | uploads/s (default cap) | upload p99 ms | verified pulls/s | pull p99 ms | "
+        "lost uploads | stalled queue items | consumed twice | restart to healthy s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["configs"]:
@@ -394,9 +524,8 @@ def render_md(r: dict) -> str:
         lines += ["", f"## {c['database']}, {c['workers']} server process(es)", "", "| check | result |", "|---|---|"]
         u, p, d, b = c["concurrent_uploads"], c["pulls"], c["drain_queue"], c["bad_inputs"]
         lines += [
-            f"| {u['uploads']} concurrent uploads ({u['bundle_bytes']} B each) | {u['acknowledged']} acknowledged, "
-            f"{u['lost']} lost, {u['corrupted']} corrupted, {u['n_errors']} errors, p50 {u['latency_ms']['p50']} ms, "
-            f"p99 {u['latency_ms']['p99']} ms, wall {u['wall_s']} s, {u['uploads_per_s']} uploads/s |",
+            upload_row(u, "default upload cap"),
+            upload_row(c["uncapped_uploads"], "upload cap lifted"),
             f"| {p['pulls']} verified pulls from {p['threads']} threads | {p['ok']} ok, {p['lost']} lost, "
             f"{p['corrupted']} corrupted, p50 {p['latency_ms']['p50']} ms, p99 {p['latency_ms']['p99']} ms, "
             f"{p['pulls_per_s']} pulls/s |",
@@ -405,7 +534,8 @@ def render_md(r: dict) -> str:
             a, f = k["on_disk_at_kill"], k["consistency_after_restart"]
             lines += [
                 f"| SIGKILL round {i}: {k['in_flight']} uploads in flight | {k['acknowledged_before_kill']} acknowledged "
-                f"before the kill, {k['acknowledged_missing_after_restart']} of them missing after restart; restart to "
+                f"before the kill ({k['answers_503_before_kill']} answers 503 waited out), "
+                f"{k['acknowledged_missing_after_restart']} of them missing after restart; restart to "
                 f"healthy {k['restart_to_healthy_s']} s |",
                 f"| round {i}, on disk right after the kill | {a['temp_files_left']} temp files, {a['unreferenced_blobs']} "
                 f"complete but unreferenced blobs (removed on restart), {a['blobs_not_matching_their_name']} blobs not "
