@@ -39,8 +39,9 @@ def main(argv: list[str]) -> int:
         diff = float(np.abs(got - want).max())
         tol = 1e-4 * max(1.0, float(np.abs(want).max()))
         if art.precision == "int8":
-            # int8 kernels of 2.14 and LiteRT may round differently: allow 2 output quantization steps.
-            tol = max(tol, 2.0 * float(runner.out["quantization"][0]))
+            # int8 kernels of 2.14 and LiteRT may round differently: allow 2 output quantization steps
+            # (dequantized in float32, so two steps can read a few ulps above 2 * scale).
+            tol = max(tol, 2.0 * float(runner.out["quantization"][0]) * (1 + 1e-5))
         passed = diff <= tol
         out["artifacts"][art.file] = {"max_abs_diff_vs_litert": diff, "tolerance": tol, "passed": passed}
         ok = ok and passed
