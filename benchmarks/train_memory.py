@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -101,7 +102,8 @@ def run_case(name: str, code: Path, work: Path, batch_size: int | None = None) -
     arch, n, size = CASES[name]
     data = prepare(name, work)
     run = work / name / "run"
-    run.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run, ignore_errors=True)  # scratch: each case starts from an empty run folder (the data stays)
+    run.mkdir(parents=True)
     labels = run / "labels.txt"
     labels.write_text("".join(f"{'w' if arch == 'ds-cnn' else 'c'}{c}\n" for c in range(N_CLASSES)))
     py = sys.executable
