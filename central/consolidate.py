@@ -79,7 +79,8 @@ def step_inputs(central: Central, incoming: Bundle) -> StepInputs:
     """Teachers over the union of both label lists (existing labels keep their index; new ones grow every head)."""
     labels = merge_labels(central.labels, incoming.labels)
     trained = incoming.manifest.trained_classes
-    classes = [c for c in labels if c in set(central.classes) | set(trained)]
+    known = set(central.classes) | set(trained)
+    classes = [c for c in labels if c in known]
     before = {c: 1 for c in central.classes} | central.support
     added = class_support(incoming)
     support = {c: before.get(c, 0) + added.get(c, 0) for c in classes}
