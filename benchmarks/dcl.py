@@ -38,6 +38,7 @@ from central.stream import Stream, StreamEvaluator, heatmap, matrix_table, run_s
 from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
 from edge_agent.data.labeled import LabeledSet
 from edge_agent.data.ood import OODSource, open_ood
+from edge_agent.ood_sources import ood_source_error
 from edge_agent.train import DEVICE_BATCH_SIZE, TrainConfig, fine_tune, load_local_data
 
 RESULTS = Path(__file__).parent / "results" / "dcl"
@@ -655,8 +656,8 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = set(methods) - set(METHODS + BOUNDS)
     if unknown:
         ap.error(f"unknown method(s) {', '.join(sorted(unknown))}")
-    if args.ood not in (None, "noise", "multilingual") and not Path(args.ood).exists():
-        ap.error(f"--ood {args.ood}: no such file or folder")
+    if args.ood != "multilingual" and (why := ood_source_error(args.ood)) is not None:
+        ap.error(f"--ood: {why}")
     if args.arch and args.stream not in IMAGE_STREAMS:
         ap.error(f"--arch is for the image streams ({', '.join(IMAGE_STREAMS)}); the audio streams use ds-cnn")
     if args.out is None:
