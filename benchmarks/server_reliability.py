@@ -1,7 +1,7 @@
 """Reliability and throughput of the central server on loopback: concurrency, crash safety, bad input, scale-out.
 
 Run:  .venv/bin/python benchmarks/server_reliability.py [--uploads 200] [--pulls 300] [--kill-rounds 2]
-      [--deliver-deadline 600]
+      [--disk-wave 60] [--lock-wave 60] [--deliver-deadline 600]
 
 For each configuration (SQLite and PostgreSQL, 1 and 4 server processes on one port):
 
@@ -21,10 +21,22 @@ For each configuration (SQLite and PostgreSQL, 1 and 4 server processes on one p
    (database integrity, every row's blob present, every blob's bytes hashing to
    its name, no temp file left) and every upload acknowledged before the kill
    must be there. Its clients also wait out 503s; the kill cuts them.
-4. Four admins racing to consolidate the queue from its front consume every
+4. Full disk: a server whose data dir is on a ``--disk-mb`` tmpfs (for
+   PostgreSQL only the blobs and temp files are there, the cluster is not) gets
+   ``disk-wave`` uploads while the disk is filled to the last byte. Each client
+   keeps its bundle in a real agent outbox; every one must be answered 507 (or
+   503) and keep it, then space is freed and every upload must be delivered,
+   with no orphan blob or temp file left. Mounting needs root: without it the
+   round is reported as skipped, with the reason.
+5. Locked database: ``lock-wave`` uploads; once a quarter are acknowledged,
+   another client holds the database locked for the server's lock wait + 3 s
+   (SQLite ``BEGIN EXCLUSIVE``; PostgreSQL ``LOCK TABLE uploads IN ACCESS
+   EXCLUSIVE MODE``). Writes then answer 503 with ``Retry-After``; every upload
+   must be acknowledged afterwards, with no orphan blob.
+6. Four admins racing to consolidate the queue from its front consume every
    entry exactly once: stalled entries (left queued) and entries consumed twice
    must both be 0.
-5. Bad inputs (truncated, bit-flipped, NaN weights, oversized, wrong token)
+7. Bad inputs (truncated, bit-flipped, NaN weights, oversized, wrong token)
    are each rejected and the server keeps serving.
 
 PostgreSQL runs on a throwaway local cluster (tests/pg_support.py); without
