@@ -1,7 +1,7 @@
 """Reliability and throughput of the central server on loopback: concurrency, crash safety, bad input, scale-out.
 
 Run:  .venv/bin/python benchmarks/server_reliability.py [--uploads 200] [--pulls 300] [--kill-rounds 2]
-      [--deliver-deadline 600]
+      [--disk-wave 60] [--lock-wave 60] [--deliver-deadline 600]
 
 For each configuration (SQLite and PostgreSQL, 1 and 4 server processes on one port):
 
@@ -21,10 +21,22 @@ For each configuration (SQLite and PostgreSQL, 1 and 4 server processes on one p
    (database integrity, every row's blob present, every blob's bytes hashing to
    its name, no temp file left) and every upload acknowledged before the kill
    must be there. Its clients also wait out 503s; the kill cuts them.
-4. Four admins racing to consolidate the queue from its front consume every
+4. Full disk: a server whose data dir is on a ``--disk-mb`` tmpfs (for
+   PostgreSQL only the blobs and temp files are there, the cluster is not) gets
+   ``disk-wave`` uploads while the disk is filled to the last byte. Each client
+   keeps its bundle in a real agent outbox; every one must be answered 507 (or
+   503) and keep it, then space is freed and every upload must be delivered,
+   with no orphan blob or temp file left. Mounting needs root: without it the
+   round is reported as skipped, with the reason.
+5. Locked database: ``lock-wave`` uploads; once a quarter are acknowledged,
+   another client holds the database locked for the server's lock wait + 3 s
+   (SQLite ``BEGIN EXCLUSIVE``; PostgreSQL ``LOCK TABLE uploads IN ACCESS
+   EXCLUSIVE MODE``). Writes then answer 503 with ``Retry-After``; every upload
+   must be acknowledged afterwards, with no orphan blob.
+6. Four admins racing to consolidate the queue from its front consume every
    entry exactly once: stalled entries (left queued) and entries consumed twice
    must both be 0.
-5. Bad inputs (truncated, bit-flipped, NaN weights, oversized, wrong token)
+7. Bad inputs (truncated, bit-flipped, NaN weights, oversized, wrong token)
    are each rejected and the server keeps serving.
 
 PostgreSQL runs on a throwaway local cluster (tests/pg_support.py); without
@@ -40,7 +52,9 @@ import hashlib
 import json
 import os
 import platform
+import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -59,10 +73,12 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from pg_support import PostgresCluster, why_unavailable  # noqa: E402
 from test_server_support import ServerProc, make_central  # noqa: E402
 
-from central.server.app import DEFAULT_MAX_CONCURRENT_UPLOADS  # noqa: E402
+from central.server.app import DEFAULT_MAX_CONCURRENT_UPLOADS, RETRY_AFTER_S  # noqa: E402
+from central.server.database import SQLITE_BUSY_TIMEOUT_S  # noqa: E402
 from central.server.registry import Registry  # noqa: E402
 from edge_agent.bundle import load_bundle, new_manifest, save_bundle  # noqa: E402
-from edge_agent.client.http import CentralClient, CentralError, CentralUnreachable  # noqa: E402
+from edge_agent.client.http import RETRY_AFTER_JITTER, CentralClient, CentralError, CentralUnreachable  # noqa: E402
+from edge_agent.client.outbox import Outbox  # noqa: E402
 from edge_agent.client.trust import MODEL_FORMAT, verify_release  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "server-reliability"
@@ -112,6 +128,7 @@ class CountingTransport(httpx.HTTPTransport):
         super().__init__(**kw)
         self.status: Counter = Counter()
         self.transport_errors = 0
+        self.database_busy = 0  # 503s that name the database (not the upload cap)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -120,6 +137,9 @@ class CountingTransport(httpx.HTTPTransport):
             self.transport_errors += 1
             raise
         self.status[resp.status_code] += 1
+        if resp.status_code == 503:
+            resp.read()
+            self.database_busy += b"database" in resp.content
         return resp
 
 
@@ -289,6 +309,206 @@ def crash_during_uploads(server: ServerProc, tokens: list[str], bundles: list[by
             "consistency_after_restart": check_consistency(server.data_dir, server.database_url)}
 
 
+def mount_small_disk(mnt: Path, mb: int) -> str | None:
+    """Mount a ``mb`` MB tmpfs on ``mnt``; None when done, else why not (it needs root)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+    except OSError as e:
+        return f"cannot run mount: {e}"
+    return None if r.returncode == 0 else f"cannot mount a tmpfs: {(r.stderr or r.stdout).strip() or r.returncode}"
+
+
+def outbox_uploads(server: ServerProc, tokens: list[str], bundles: list[bytes], work: Path, deadline_s: float,
+                   tried: threading.Barrier | None = None) -> dict:
+    """Each client keeps its bundle in a real agent outbox and delivers it, trying again after each temporary failure.
+
+    A failed try waits ``RETRY_AFTER_S`` plus jitter (the outbox itself would wait 30 s and more; the
+    benchmark only compresses the wait). ``tried`` is passed once by every client after its first try.
+    """
+    acked, errors, kept = [], [], []
+    status: Counter = Counter()
+    lock = threading.Lock()
+    deadline = time.monotonic() + deadline_s
+
+    def sleep(s: float) -> None:
+        if time.monotonic() + s > deadline:
+            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
+        time.sleep(s)
+
+    def one(i: int) -> None:
+        box = Outbox(work / f"outbox-{i}")
+        src = work / f"upload-{i}.safetensors"
+        src.write_bytes(bundles[i])
+        box.add(src)
+        c, tr = agent_client(server.url, tokens[i], sleep, timeout=60)
+        first = True
+        try:
+            with c:
+                while box.pending():
+                    try:
+                        box.deliver(c, force=True)
+                    except CentralUnreachable:
+                        with lock:
+                            kept.append(len(box.pending()))
+                        if first and tried is not None:
+                            tried.wait(timeout=deadline_s)
+                        first = False
+                        sleep(RETRY_AFTER_S * (1 + random.random() * RETRY_AFTER_JITTER))
+                        continue
+                    if first and tried is not None:
+                        tried.wait(timeout=deadline_s)
+                    first = False
+            with lock:
+                acked.append(hashlib.sha256(bundles[i]).hexdigest())
+        except Exception as e:  # noqa: BLE001 - counted, reported
+            with lock:
+                errors.append(f"{type(e).__name__}: {e}")
+            if first and tried is not None:
+                tried.abort()
+        finally:
+            with lock:
+                status.update(tr.status)
+
+    with ThreadPoolExecutor(len(bundles)) as ex:
+        list(ex.map(one, range(len(bundles))))
+    with server.admin() as c:
+        queued = {u["bundle_id"] for u in c.get("/v1/admin/queue", params={"status": "all"}).json()}
+    expected = {hashlib.sha256(b).hexdigest() for b in bundles}
+    return {"uploads": len(bundles), "acknowledged": len(acked), "lost": len(expected - queued),
+            "errors": errors[:5], "n_errors": len(errors), "failed_tries_kept_in_outbox": sum(kept),
+            "failed_tries": len(kept), "answers_by_status": {str(k): v for k, v in sorted(status.items())}}
+
+
+def full_disk_round(tmp: Path, name: str, database_url: str | None, workers: int, base: Path, wave: list[bytes],
+                    args, max_mb: int) -> dict:
+    """A wave of uploads against a server whose data dir is on a tmpfs filled to the last byte, then freed."""
+    from test_server_limits import fill  # the helper the full-disk tests use
+
+    mnt = tmp / f"{name}-disk"
+    why = mount_small_disk(mnt, args.disk_mb)
+    if why:
+        return {"skipped": why}
+    on_disk = "the data dir (blobs, temp files, SQLite database)" if database_url is None else \
+        "the data dir (blobs, temp files); the PostgreSQL cluster is on the ordinary disk"
+    try:
+        server = ServerProc(mnt / "data", args=["--max-upload-mb", str(max_mb), "--kit-formats", ""],
+                            database_url=database_url, workers=workers)
+        server.log = tmp / f"server-{name}-disk.log"
+        server.start(timeout=240)
+        try:
+            with server.admin() as c:
+                c.post("/v1/admin/versions", content=base.read_bytes()).raise_for_status()
+            tokens = enrol_devices(server, len(wave), "disk")
+            filler = fill(mnt)
+            tried = threading.Barrier(len(wave) + 1)
+            result: dict = {}
+            work = tmp / f"{name}-disk-clients"
+            work.mkdir()
+            t = threading.Thread(target=lambda: result.update(
+                outbox_uploads(server, tokens, wave, work, args.deliver_deadline, tried)))
+            t.start()
+            try:
+                tried.wait(timeout=args.deliver_deadline)  # every client has tried once against the full disk
+                full_for_all = True
+            except threading.BrokenBarrierError:
+                full_for_all = False
+            with server.admin() as c:
+                queued_while_full = len(c.get("/v1/admin/queue").json())
+            try:
+                while_full = check_consistency(server.data_dir, database_url)
+            except Exception as e:  # noqa: BLE001 - reported: the check itself may need room on the disk
+                while_full = {"error": f"{type(e).__name__}: {e}"}
+            filler.unlink()
+            t.join()
+            after = check_consistency(server.data_dir, database_url)
+        finally:
+            server.stop()
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    return {"disk_mb": args.disk_mb, "on_small_disk": on_disk, "every_client_tried_while_full": full_for_all,
+            "queued_while_full": queued_while_full, **result,
+            "answers_507": result.get("answers_by_status", {}).get("507", 0),
+            "answers_503": result.get("answers_by_status", {}).get("503", 0),
+            "consistency_while_full": while_full, "consistency_after": after}
+
+
+def locked_database_round(server: ServerProc, tokens: list[str], wave: list[bytes], work: Path, hold_s: float,
+                          deadline_s: float) -> dict:
+    """A wave of uploads; once a quarter are acknowledged, another client holds the database locked for ``hold_s``."""
+    url = server.database_url
+    acked: list[str] = []
+    status: Counter = Counter()
+    busy = 0
+    lock = threading.Lock()
+    take = threading.Event()
+    deadline = time.monotonic() + deadline_s
+
+    def sleep(s: float) -> None:
+        if time.monotonic() + s > deadline:
+            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
+        time.sleep(s)
+
+    def one(i: int) -> None:
+        nonlocal busy
+        c, tr = agent_client(server.url, tokens[i], sleep, timeout=60)
+        try:
+            with c:
+                row, _ = c.upload_bundle(wave[i])
+            with lock:
+                acked.append(row["bundle_id"])
+                if len(acked) >= max(1, len(wave) // 4):
+                    take.set()
+        except (CentralUnreachable, CentralError, httpx.HTTPError, GaveUp):
+            pass
+        finally:
+            with lock:
+                status.update(tr.status)
+                busy += tr.database_busy
+
+    held = {}
+
+    def holder() -> None:
+        take.wait(timeout=deadline_s)
+        if url is None:
+            conn = sqlite3.connect(server.data_dir / "registry.sqlite", timeout=60, isolation_level=None)
+            conn.execute("BEGIN EXCLUSIVE")
+        else:
+            import psycopg
+
+            conn = psycopg.connect(url)
+            conn.execute("LOCK TABLE uploads IN ACCESS EXCLUSIVE MODE")
+        t0 = time.perf_counter()
+        time.sleep(hold_s)
+        conn.rollback()
+        conn.close()
+        held["s"] = round(time.perf_counter() - t0, 2)
+
+    h = threading.Thread(target=holder)
+    h.start()
+    with ThreadPoolExecutor(len(wave)) as ex:
+        list(ex.map(one, range(len(wave))))
+    take.set()
+    h.join()
+    with server.admin() as c:
+        queued = {u["bundle_id"] for u in c.get("/v1/admin/queue", params={"status": "all"}).json()}
+    expected = {hashlib.sha256(b).hexdigest() for b in wave}
+    # A blob stored just before the lock whose row then failed is removed once the database answers again.
+    waited = 0.0
+    after = check_consistency(server.data_dir, url)
+    while after["unreferenced_blobs"] and waited < 3 * RETRY_AFTER_S:
+        time.sleep(1)
+        waited += 1
+        after = check_consistency(server.data_dir, url)
+    return {"uploads": len(wave), "lock": "BEGIN EXCLUSIVE (another SQLite connection)" if url is None else
+            "LOCK TABLE uploads IN ACCESS EXCLUSIVE MODE (another PostgreSQL session)",
+            "lock_held_s": held.get("s"), "server_lock_wait_s": SQLITE_BUSY_TIMEOUT_S,
+            "acknowledged": len(acked), "lost": len(expected - queued), "answers_503": status[503],
+            "answers_503_database_busy": busy, "answers_by_status": {str(k): v for k, v in sorted(status.items())},
+            "waited_for_cleanup_s": waited, "consistency_after": after}
+
+
 def bad_inputs(server: ServerProc, token: str, good: bytes, max_bytes: int) -> dict:
     from test_server import _nan_bundle  # the same poisoned bundle the tests use
 
@@ -361,10 +581,12 @@ def raw_capacity(tmp: Path, name: str, database_url: str | None, workers: int, b
 
 
 def run_config(tmp: Path, name: str, database_url: str | None, workers: int, base: Path, main_wave: list[bytes],
-               kill_waves: list[list[bytes]], args, max_mb: int, uncapped_database_url: str | None = None) -> dict:
+               kill_waves: list[list[bytes]], disk_wave: list[bytes], lock_wave: list[bytes], args, max_mb: int,
+               uncapped_database_url: str | None = None, disk_database_url: str | None = None) -> dict:
     """One server configuration through every check; returns its results."""
     out: dict = {"database": "postgresql" if database_url else "sqlite", "workers": workers}
     out["uncapped_uploads"] = raw_capacity(tmp, name, uncapped_database_url, workers, base, main_wave, args, max_mb)
+    out["full_disk"] = full_disk_round(tmp, name, disk_database_url, workers, base, disk_wave, args, max_mb)
     # No kit formats: this measures the registry and HTTP path, not the exporter. The upload cap is the default.
     server = ServerProc(tmp / name, args=["--max-upload-mb", str(max_mb), "--kit-formats", ""],
                         database_url=database_url, workers=workers)
@@ -385,6 +607,8 @@ def run_config(tmp: Path, name: str, database_url: str | None, workers: int, bas
             crash_during_uploads(server, tokens, wave, kill_after=max(1, len(wave) // 3),
                                  deadline_s=args.deliver_deadline) for wave in kill_waves
         ]
+        out["locked_database"] = locked_database_round(server, tokens, lock_wave, tmp, SQLITE_BUSY_TIMEOUT_S + 3,
+                                                       args.deliver_deadline)
         out["drain_queue"] = drain_queue(server, base.read_bytes())
         out["bad_inputs"] = bad_inputs(server, tokens[0], main_wave[0], max_mb * 1024 * 1024)
         out["final_consistency"] = check_consistency(server.data_dir, database_url)
@@ -392,7 +616,8 @@ def run_config(tmp: Path, name: str, database_url: str | None, workers: int, bas
         server.stop()
     rounds = out["sigkill_rounds"]
     out["lost_uploads"] = (out["concurrent_uploads"]["lost"] + out["uncapped_uploads"]["lost"]
-                           + sum(r["acknowledged_missing_after_restart"] for r in rounds))
+                           + sum(r["acknowledged_missing_after_restart"] for r in rounds)
+                           + out["full_disk"].get("lost", 0) + out["locked_database"]["lost"])
     out["stalled_queue_items"] = out["drain_queue"]["stalled"]
     return out
 
@@ -404,6 +629,9 @@ def main() -> None:
     ap.add_argument("--pulls", type=int, default=300)
     ap.add_argument("--kill-rounds", type=int, default=2)
     ap.add_argument("--kill-wave", type=int, default=60, help="uploads in flight in each SIGKILL round")
+    ap.add_argument("--disk-wave", type=int, default=60, help="uploads in the full-disk round")
+    ap.add_argument("--disk-mb", type=int, default=96, help="size of the tmpfs the full-disk round fills")
+    ap.add_argument("--lock-wave", type=int, default=60, help="uploads in flight in the locked-database round")
     ap.add_argument("--workers", default="1,4", help="server process counts to compare")
     ap.add_argument("--databases", default="sqlite,postgresql")
     ap.add_argument("--width", type=int, default=32, help="cnn-s width of the bundles (32: ~0.4 MB)")
@@ -423,6 +651,8 @@ def main() -> None:
         n_dev = max(args.uploads, args.kill_wave)
         main_wave = device_bundles(base, tmp, args.uploads, 0)
         kill_waves = [device_bundles(base, tmp, args.kill_wave, 1000 * (r + 1)) for r in range(args.kill_rounds)]
+        disk_wave = device_bundles(base, tmp, args.disk_wave, 100_000)
+        lock_wave = device_bundles(base, tmp, args.lock_wave, 200_000)
         assert n_dev >= args.kill_wave
         try:
             for db in databases:
@@ -430,13 +660,14 @@ def main() -> None:
                     skipped[db] = reason
                     continue
                 for w in workers:
-                    url = raw_url = None
+                    url = raw_url = disk_url = None
                     if db == "postgresql":
                         cluster = cluster or PostgresCluster().start()
-                        url, raw_url = cluster.new_database("bench"), cluster.new_database("bench")
+                        url, raw_url, disk_url = (cluster.new_database("bench") for _ in range(3))
                     name = f"{db}-{w}"
                     print(f"== {name}", flush=True)
-                    configs.append(run_config(tmp, name, url, w, base, main_wave, kill_waves, args, max_mb, raw_url))
+                    configs.append(run_config(tmp, name, url, w, base, main_wave, kill_waves, disk_wave, lock_wave,
+                                              args, max_mb, raw_url, disk_url))
         finally:
             if cluster is not None:
                 cluster.stop()
@@ -509,17 +740,21 @@ def render_md(r: dict) -> str:
     lines += [
         "",
         "| database | processes | uploads/s (default cap) | upload p99 ms | verified pulls/s | pull p99 ms | "
-        "lost uploads | stalled queue items | consumed twice | restart to healthy s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "lost uploads | stalled queue items | consumed twice | restart to healthy s | full disk: 507s, lost | "
+        "locked database: 503s (database busy), lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["configs"]:
         u, p, d = c["concurrent_uploads"], c["pulls"], c["drain_queue"]
         restarts = ", ".join(str(k["restart_to_healthy_s"]) for k in c["sigkill_rounds"])
+        fd, lk = c["full_disk"], c["locked_database"]
+        disk = f"skipped: {fd['skipped']}" if "skipped" in fd else f"{fd['answers_507']}, {fd['lost']}"
         lines.append(f"| {c['database']} | {c['workers']} | {u['uploads_per_s']} | {u['latency_ms']['p99']} | "
                      f"{p['pulls_per_s']} | {p['latency_ms']['p99']} | {c['lost_uploads']} | "
-                     f"{c['stalled_queue_items']} | {d['consumed_twice']} | {restarts} |")
+                     f"{c['stalled_queue_items']} | {d['consumed_twice']} | {restarts} | {disk} | "
+                     f"{lk['answers_503']} ({lk['answers_503_database_busy']}), {lk['lost']} |")
     for db, reason in r["skipped"].items():
-        lines.append(f"| {db} | - | skipped: {reason} | | | | | | | |")
+        lines.append(f"| {db} | - | skipped: {reason} | | | | | | | | | |")
     for c in r["configs"]:
         lines += ["", f"## {c['database']}, {c['workers']} server process(es)", "", "| check | result |", "|---|---|"]
         u, p, d, b = c["concurrent_uploads"], c["pulls"], c["drain_queue"], c["bad_inputs"]
@@ -544,6 +779,33 @@ def render_md(r: dict) -> str:
                 f"blobs, {f['blobs_not_matching_their_name']} not matching their sha256, {f['unreferenced_blobs']} "
                 f"unreferenced, {f['temp_files_left']} temp files |",
             ]
+        fd = c["full_disk"]
+        if "skipped" in fd:
+            lines.append(f"| full disk | skipped: {fd['skipped']} |")
+        else:
+            a, w = fd["consistency_after"], fd["consistency_while_full"]
+            lines += [
+                f"| full disk: {fd['uploads']} uploads, {fd['disk_mb']} MB tmpfs holding {fd['on_small_disk']}, "
+                f"filled to the last byte | every client tried while full: {fd['every_client_tried_while_full']}; "
+                f"{fd['answers_507']} answers 507, {fd['answers_503']} 503; {fd['failed_tries']} failed tries, the "
+                f"upload kept in the agent outbox after {fd['failed_tries_kept_in_outbox']} of them; "
+                f"{fd['queued_while_full']} queued while full |",
+                "| full disk, while full | " + (f"error: {w['error']}" if "error" in w else
+                f"{w['temp_files_left']} temp files, {w['unreferenced_blobs']} unreferenced blobs, "
+                f"{w['missing_blobs']} missing") + " |",
+                f"| full disk, space freed | {fd['acknowledged']} acknowledged, {fd['lost']} lost, {fd['n_errors']} "
+                f"errors; registry integrity {a['database_integrity']}, {a['missing_blobs']} missing blobs, "
+                f"{a['unreferenced_blobs']} unreferenced (orphan) blobs, {a['temp_files_left']} temp files |",
+            ]
+        lk = c["locked_database"]
+        la = lk["consistency_after"]
+        lines.append(
+            f"| locked database: {lk['uploads']} uploads, {lk['lock']} held {lk['lock_held_s']} s "
+            f"(server waits {lk['server_lock_wait_s']} s) once a quarter were acknowledged | {lk['acknowledged']} "
+            f"acknowledged, {lk['lost']} lost; {lk['answers_503']} answers 503, "
+            f"{lk['answers_503_database_busy']} of them database busy; registry integrity {la['database_integrity']}, "
+            f"{la['missing_blobs']} missing blobs, {la['unreferenced_blobs']} unreferenced (orphan) blobs, "
+            f"{la['temp_files_left']} temp files |")
         lines.append(
             f"| {d['admins']} admins draining {d['queued_before']} queued uploads from the front | {d['consumed']} "
             f"consumed into {d['versions_published']} versions, {d['consumed_twice']} consumed twice, {d['stalled']} "

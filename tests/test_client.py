@@ -52,6 +52,23 @@ def test_retry_on_503_then_success_and_no_retry_on_4xx():
     assert e.value.status == 422 and calls.count("/bad") == 1
 
 
+def test_retry_after_waits_get_jitter_so_devices_do_not_retry_in_lockstep():
+    from edge_agent.client.http import RETRY_AFTER_JITTER
+
+    def busy(_req: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"detail": "busy"}, headers={"Retry-After": "5"})
+
+    sleeps: list[float] = []
+    c = CentralClient("http://central", retries=20, backoff=0.01, max_backoff=0.01, sleep=sleeps.append,
+                      transport=httpx.MockTransport(busy))
+    with pytest.raises(CentralUnreachable, match="after 21 attempts"):
+        c.get_json("/v1/versions/current")
+    assert len(sleeps) == 20
+    # Never sooner than the server asked, at most RETRY_AFTER_JITTER later, and not all the same wait.
+    assert all(5 <= s <= 5 * (1 + RETRY_AFTER_JITTER) for s in sleeps)
+    assert len(set(sleeps)) > 1
+
+
 def _blob_server(blob: bytes, seen: list):
     def handler(req: httpx.Request) -> httpx.Response:
         rng = req.headers.get("range")

@@ -88,6 +88,33 @@ def test_a_locked_database_answers_503_with_retry_after_and_leaves_no_blob(serve
     assert blob_count(server.data_dir) == blobs + 1
 
 
+def test_a_locked_postgresql_table_answers_503_with_retry_after_not_a_hang(pg_cluster, work, base):
+    import psycopg
+
+    url = pg_cluster.new_database()
+    s = ServerProc(work / "pg-locked-data", args=["--kit-formats", ""], database_url=url)
+    s.start(timeout=120)
+    try:
+        assert central(s, "publish", str(base)).returncode == 0
+        home = work / "agent-pg-locked"
+        enrol(s, home, "pg-locked-pi")
+        data = crafted_upload(base, seed=15)
+        blobs = blob_count(s.data_dir)
+        # An admin's maintenance transaction holds the table uploads are written to.
+        with psycopg.connect(url) as lock:
+            lock.execute("LOCK TABLE uploads IN ACCESS EXCLUSIVE MODE")
+            r = post_upload(s, home, data)
+            assert r.status_code == 503, r.text
+            assert int(r.headers["retry-after"]) > 0 and "busy" in r.json()["detail"]
+            assert blob_count(s.data_dir) == blobs
+            lock.rollback()
+        r = post_upload(s, home, data)
+        assert r.status_code == 201, r.text
+        assert blob_count(s.data_dir) == blobs + 1
+    finally:
+        s.stop()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MB tmpfs to be filled up (needs root, as CI runs)."""

@@ -60,6 +60,8 @@ DEFAULT_MAX_CONCURRENT_UPLOADS = 4  # each holds up to the upload cap in memory 
 RETRY_AFTER_S = 5
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+PG_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's lock_timeout ran out: another transaction holds the lock
+CLEANUP_TRIES = 60  # a blob left by a failed write is looked at again every RETRY_AFTER_S, this many times
 
 
 @dataclass
@@ -211,16 +213,35 @@ class State:
             try:
                 return write()
             except BaseException:
-                try:
-                    if not existed and not self.blob_referenced(sha):
-                        self.registry.store.delete(sha)
-                except Exception:  # noqa: BLE001 - the next start's recovery removes what is left
-                    log.warning("could not remove the unreferenced blob %s after a failed write", sha[:12])
+                if not existed:
+                    self._remove_unreferenced(sha, CLEANUP_TRIES, locked=True)
                 raise
+
+    def _remove_unreferenced(self, sha: str, tries: int, locked: bool = False) -> None:
+        """Delete blob ``sha`` unless a row references it; while the database cannot say, look again later."""
+        try:
+            if locked:
+                self._remove_if_unreferenced(sha)
+            else:
+                with self.blob_lock(sha):
+                    self._remove_if_unreferenced(sha)
+        except Exception:  # noqa: BLE001 - the same lock that failed the write; the next start's recovery is the last resort
+            if tries <= 1:
+                log.warning("could not remove the unreferenced blob %s after a failed write", sha[:12])
+                return
+            t = threading.Timer(RETRY_AFTER_S, self._remove_unreferenced, args=(sha, tries - 1))
+            t.daemon = True
+            t.start()
+
+    def _remove_if_unreferenced(self, sha: str) -> None:
+        if self.registry.store.exists(sha) and not self.blob_referenced(sha):
+            self.registry.store.delete(sha)
 
 
 def _storage_error(e: BaseException) -> tuple[int, str] | None:
     """``(status, message)`` for a temporary storage failure (locked database, full disk), else None."""
+    if isinstance(e, OperationalError) and getattr(e.orig, "sqlstate", None) == PG_LOCK_NOT_AVAILABLE:
+        return 503, "the registry database is busy: try again later"
     if isinstance(e, OperationalError) and not isinstance(e.orig, sqlite3.OperationalError):
         # Another database's driver: per DB-API, an operational error is the server's state (a lost
         # connection, a failover), not the request's fault.

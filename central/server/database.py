@@ -80,9 +80,10 @@ class Database:
         self.engine.dispose()
 
 
-# How long a SQLite write waits for a lock held by another process (a backup, the sqlite3 shell) before
-# the request is answered 503: well under a client's timeout, so the device retries instead of hanging.
+# How long a write waits for a lock held by another process (a backup, the sqlite3 shell, a LOCK TABLE)
+# before the request is answered 503: well under a client's timeout, so the device retries instead of hanging.
 SQLITE_BUSY_TIMEOUT_S = 5
+POSTGRES_LOCK_TIMEOUT_S = SQLITE_BUSY_TIMEOUT_S
 
 
 class SQLiteDatabase(Database):
@@ -123,7 +124,9 @@ class PostgresDatabase(Database):
     kind = "postgresql"
 
     def __init__(self, url: str, pool_size: int = 8):
-        engine = create_engine(url, pool_size=pool_size, max_overflow=16, pool_pre_ping=True)
+        # lock_timeout: without it a statement waits for a lock forever (PostgreSQL's default).
+        engine = create_engine(url, pool_size=pool_size, max_overflow=16, pool_pre_ping=True,
+                               connect_args={"options": f"-c lock_timeout={POSTGRES_LOCK_TIMEOUT_S * 1000}"})
         super().__init__(engine)
 
     def _serialize(self, s: Session) -> None:

@@ -20,6 +20,7 @@ import httpx
 RETRY_STATUS = {429, 500, 502, 503, 504}
 TEMPORARY_STATUS = RETRY_STATUS | {507}
 MAX_RETRY_AFTER = 30.0  # seconds: a longer Retry-After is capped (the outbox keeps the work for later anyway)
+RETRY_AFTER_JITTER = 0.5  # a Retry-After wait is stretched by a random 0-50%, so devices told the same do not retry in lockstep
 
 
 class CentralUnreachable(ConnectionError):
@@ -62,7 +63,8 @@ class CentralClient:
     ``retries`` bounds the attempts for connection failures, timeouts and the
     temporary answers of ``RETRY_STATUS`` (5xx, 429): sleep ``backoff * 2**i``
     seconds with jitter, at most ``max_backoff``, or the server's ``Retry-After``
-    when it is longer (capped at ``MAX_RETRY_AFTER``).
+    when it is longer (capped at ``MAX_RETRY_AFTER``, then stretched by a random
+    0 to ``RETRY_AFTER_JITTER`` of itself).
     Every call is safe to retry: reads are reads and uploads are idempotent by
     bundle id on the server.
     """
@@ -116,7 +118,8 @@ class CentralClient:
                 last, state = f"HTTP {resp.status_code}: {_detail(resp)}", "unavailable"
                 if resp.status_code not in RETRY_STATUS:
                     break
-                wait = max(wait, retry_after(resp) or 0.0)
+                told = retry_after(resp) or 0.0
+                wait = max(wait, told * (1 + random.random() * RETRY_AFTER_JITTER))
             if attempt < self.retries:
                 self._sleep(wait)
         n = attempt + 1
