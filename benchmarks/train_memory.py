@@ -124,7 +124,11 @@ def run_case(name: str, code: Path, work: Path, batch_size: int | None = None) -
     rc, peak_mb, wall, log = measure(train, code, run)
     if rc != 0:
         raise SystemExit(f"edge-agent train failed for {name} (exit {rc}): {log}")
-    return {"case": name, "arch": arch, "files": n, "size": size, "batch_size": batch_size, "peak_rss_mb": round(peak_mb, 1),
+    with open(out, "rb") as f:  # the bundle's manifest, from the safetensors header: what training reported
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    metrics = json.loads(header["__metadata__"]["manifest"]).get("metrics", {})
+    return {"case": name, "arch": arch, "files": n, "size": size, "batch_size": batch_size,
+            "micro_batches": metrics.get("micro_batches"), "peak_rss_mb": round(peak_mb, 1),
             "wall_s": round(wall, 2), "files_per_s": round(n / wall, 1), "within_limit": peak_mb <= LIMIT_MB}
 
 
@@ -134,6 +138,22 @@ def cpu_name() -> str:
         return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown"
+
+
+def commands_behind(results: dict) -> list[str]:
+    """The commands that measured the figures in the table: each run's own, or for runs stored without one, the
+    recorded commands of that tag that name its case."""
+    out = set()
+    for case, by_tag in results["runs"].items():
+        for tag, r in by_tag.items():
+            if "command" in r:
+                out.add(r["command"])
+                continue
+            for c in results.get("commands", []):
+                words = c.split()
+                if words[words.index("--tag") + 1] == tag and case in words[words.index("--cases") + 1].split(","):
+                    out.add(c)
+    return sorted(out)
 
 
 def write_markdown(results: dict) -> None:
@@ -165,11 +185,12 @@ def write_markdown(results: dict) -> None:
 command (start-up, reading, one epoch, validation). Images: 10 classes of generated RGB PNGs at the model's input
 size, `cnn-s`, batch 32, default loss (bce-jigsaw). Clips: 10 classes of synthesised 1 s 16 kHz WAVs (two tones and
 white noise per class, not speech), `ds-cnn`, batch 16. Target: {LIMIT_MB} MB at every size (a Raspberry Pi Zero 2 W
-has 512 MB). `before` is the code before streaming from a uint8/feature cache, `after` the code with it,
-`after-batch16` the same with `--batch-size 16`. A `-` was not measured.
+has 512 MB). `before` is the code before streaming from a uint8/feature cache, `after` the code with it and
+with the default `--step-memory-mb` (a batch whose backward pass would keep more runs as micro-batches; the
+result's `metrics.micro_batches`), `after-batch16` the same with `--batch-size 16`. A `-` was not measured.
 
 Machine: {results['machine']}, {os.cpu_count()} cores shared with other jobs while it ran (files/s is indicative;
-peak RSS does not depend on load). Commands: {'; '.join(sorted(set(results['commands'])))}
+peak RSS does not depend on load). Commands: {'; '.join(commands_behind(results))}
 
 {chr(10).join(rows)}
 {notes}"""
@@ -203,6 +224,7 @@ def main() -> None:
     results["commands"] = sorted(set(results.get("commands", [])) | {cmd})
     for name in args.cases.split(","):
         r = run_case(name, args.code.resolve(), args.work, args.batch_size)
+        r["command"] = cmd
         print(json.dumps(r), flush=True)
         results["runs"].setdefault(name, {})[args.tag] = r
         path.write_text(json.dumps(results, indent=2) + "\n")

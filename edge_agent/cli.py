@@ -65,6 +65,16 @@ def train(
             help="bce-noise and bce-jigsaw: weight of the negatives term, 0 for plain one-vs-rest BCE (default: 0.3)"
         ),
     ] = None,
+    step_memory_mb: Annotated[
+        Optional[float],
+        typer.Option(
+            help="activation memory (MB) one step may keep for the backward pass: a batch estimated above it runs "
+            "as micro-batches with gradient accumulation, the same batch and loss (BatchNorm then normalises each "
+            "micro-batch on its own statistics); metrics.micro_batches says how many. Default 80: cnn-s at 64x64 "
+            "runs each batch of 32 as 2, smaller inputs and ds-cnn in one piece. "
+            "Example: --step-memory-mb 40 on a device with less free memory"
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="discard the checkpoint next to --out and train from epoch 0")
@@ -91,6 +101,8 @@ def train(
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_fraction=val_fraction, loss=loss)
     if negatives is not None:
         cfg = replace(cfg, negatives=negatives)
+    if step_memory_mb is not None:
+        cfg = replace(cfg, step_memory_mb=step_memory_mb)
     try:
         r = train_bundle(model, data, out, cfg, fresh=fresh, skip_bad=skip_bad, summary=note)
     except (KeyboardInterrupt, Interrupted):

@@ -18,9 +18,12 @@ the same command after an interruption.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,6 +36,11 @@ from edge_agent.bundle import Bundle, load_bundle, new_manifest, save_bundle
 from edge_agent.data.labeled import CachedSet, DataError, LabeledSet
 from edge_agent.optim import AdamCosine
 from edge_agent.progress import make_progress
+
+# cnn-s keeps 151 MB for the backward pass of 32 + 32 bce-jigsaw inputs of 3x64x64, and `edge-agent train` then
+# peaks over the 400 MB a Raspberry Pi Zero 2 W can give it (benchmarks/results/train-memory); 28x28 keeps 29 MB
+# and ds-cnn on 16 clips 34 MB, both trained in one piece under this limit, as before.
+STEP_MEMORY_MB = 80.0
 
 
 @dataclass
@@ -47,6 +55,9 @@ class TrainConfig:
     # Weight of the negatives term of the "bce-noise" and "bce-jigsaw" losses (edge-agent train --negatives); 1.0 was
     # within noise on Split-Digits val and slower at short budgets (benchmarks/results/dcl/dcl-split-digits-devlog.md).
     negatives: float = 0.3
+    # Activation memory one optimizer step may keep for the backward pass (edge-agent train --step-memory-mb); a batch
+    # whose estimate exceeds it runs as micro-batches with gradient accumulation. None: no limit.
+    step_memory_mb: float | None = STEP_MEMORY_MB
 
     def for_input(self, kind: str) -> TrainConfig:
         """This config with its None fields set to the device defaults for ``kind`` (image or audio)."""
@@ -59,6 +70,8 @@ class TrainConfig:
             raise DataError(f"unknown training loss {cfg.loss!r}: use one of {', '.join(DEVICE_LOSSES)}")
         if not cfg.negatives >= 0:  # also catches NaN
             raise DataError(f"the weight of the negatives must be 0 or more, not {cfg.negatives}")
+        if cfg.step_memory_mb is not None and not cfg.step_memory_mb > 0:
+            raise DataError(f"the step memory limit must be more than 0 MB, not {cfg.step_memory_mb}")
         return cfg
 
 
@@ -139,20 +152,96 @@ def jigsaw(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out
 
 
+def negatives_for(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor | None:
+    """The negatives of the ``bce-*`` losses for batch ``x`` (None for ``ce``), drawn from ``g``."""
+    if cfg.loss == "ce":
+        return None
+    return jigsaw(x, g) if cfg.loss == "bce-jigsaw" else torch.randn(x.shape, generator=g)
+
+
 def device_loss(
-    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, own_idx: torch.Tensor, cfg: TrainConfig, g: torch.Generator
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    own_idx: torch.Tensor,
+    cfg: TrainConfig,
+    g: torch.Generator | None,
+    neg_x: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The training loss of one batch; ``target`` indexes ``own_idx`` (the classes present on the device)."""
+    """The training loss of one batch; ``target`` indexes ``own_idx`` (the classes present on the device).
+
+    ``neg_x``: the batch's negatives, already drawn (:func:`negatives_for`); None draws them from ``g``.
+    """
     if cfg.loss == "ce":
         return F.cross_entropy(model(x)[:, own_idx], target)
     # bce-noise / bce-jigsaw: one forward over the batch and as many negatives (N(0, 1) noise in the model's input
     # space, or the batch itself quadrant-shuffled), so the BatchNorm running statistics see both: that is how it was
     # measured.  Twice the activations of "ce".
-    neg_x = jigsaw(x, g) if cfg.loss == "bce-jigsaw" else torch.randn(x.shape, generator=g)
+    if neg_x is None:
+        neg_x = negatives_for(x, cfg, g)
     logits = model(torch.cat([x, neg_x]))[:, own_idx]
     own, neg = logits[: len(x)], logits[len(x) :]
     positives = F.binary_cross_entropy_with_logits(own, F.one_hot(target, len(own_idx)).float())
     return positives + cfg.negatives * F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
+
+
+def backward_bytes_per_input(model: torch.nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Bytes the model keeps for the backward pass per input of ``input_shape``, by a training-mode probe.
+
+    The probe runs a copy of the model on two zero inputs, so neither the model's BatchNorm
+    statistics nor any random generator moves; parameters are not counted.
+    """
+    import copy
+
+    probe = copy.deepcopy(model).train()
+    params = {p.untyped_storage().data_ptr() for p in probe.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = probe(torch.zeros(2, *input_shape))
+    del out, probe
+    return sum(saved.values()) / 2
+
+
+def micro_batch_count(model: torch.nn.Module, input_shape: tuple[int, ...], cfg: TrainConfig) -> int:
+    """How many micro-batches one batch of ``cfg`` runs as so that its backward memory stays within the limit."""
+    if cfg.step_memory_mb is None:
+        return 1
+    per_step = backward_bytes_per_input(model, input_shape) * cfg.batch_size * (1 if cfg.loss == "ce" else 2)
+    n = math.ceil(per_step / (cfg.step_memory_mb * 2**20))
+    return max(1, min(n, cfg.batch_size // 2))  # BatchNorm needs two samples in each micro-batch
+
+
+def accumulated_loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    own_idx: torch.Tensor,
+    cfg: TrainConfig,
+    g: torch.Generator,
+    parts: int,
+) -> float:
+    """Backward of the batch's loss as ``parts`` micro-batches, gradients summed; returns the batch's loss.
+
+    The negatives are drawn for the whole batch before it is split, so the random stream is the
+    one batch in one piece draws; each part's loss is weighted by its share of the batch, so the
+    gradients add up to those of the batch's mean loss (BatchNorm normalises each part by its own
+    statistics).
+    """
+    neg_x = negatives_for(x, cfg, g)
+    total = 0.0
+    for part in torch.arange(len(x)).tensor_split(parts):
+        i, j = int(part[0]), int(part[-1]) + 1
+        loss = device_loss(model, x[i:j], target[i:j], own_idx, cfg, None, None if neg_x is None else neg_x[i:j])
+        (loss * ((j - i) / len(x))).backward()
+        total += float(loss.detach()) * (j - i) / len(x)
+    return total
 
 
 def _fingerprint(bundle: Bundle, data: DataSet, cfg: TrainConfig) -> str:
@@ -193,6 +282,8 @@ def fine_tune(
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     model = bundle.model
+    return_freed_memory()
+    parts = micro_batch_count(model, tuple(bundle.input_spec.shape), cfg)
     steps_per_epoch = max(1, (len(x) + cfg.batch_size - 1) // cfg.batch_size)
     # Adam and cosine decay as torch.optim computes them, without importing torch.optim (see edge_agent.optim).
     opt = AdamCosine(model.parameters(), lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
@@ -212,13 +303,19 @@ def fine_tune(
                 idx = perm[i : i + cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm needs more than one sample
                     continue
-                loss = device_loss(model, _shift(x.take(idx), cfg.shift, g), remap[y[idx]], own_idx, cfg, g)
-                loss.backward()
+                xb, tb = _shift(x.take(idx), cfg.shift, g), remap[y[idx]]
+                if parts == 1:
+                    loss = device_loss(model, xb, tb, own_idx, cfg, g)
+                    loss.backward()
+                    batch_loss = float(loss.detach())
+                else:
+                    batch_loss = accumulated_loss(model, xb, tb, own_idx, cfg, g, min(parts, len(idx) // 2))
+                del xb
                 opt.step()
                 # Drop the gradients now, not before the next backward: the next forward's activations then find
                 # free blocks that the small gradient tensors have not splintered (less heap fragmentation).
                 opt.zero_grad()
-                total += float(loss.detach()) * len(idx)
+                total += batch_loss * len(idx)
                 count += len(idx)
             loss_val = total / max(count, 1)
             if not torch.isfinite(torch.tensor(loss_val)):
@@ -229,7 +326,7 @@ def fine_tune(
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
                 raise Interrupted(f"stopped after epoch {epoch + 1}")
 
-    metrics = {"train_loss": loss_val, "loss": cfg.loss, "epochs": cfg.epochs, "n_train": len(x)}
+    metrics = {"train_loss": loss_val, "loss": cfg.loss, "epochs": cfg.epochs, "n_train": len(x), "micro_batches": parts}
     # Evaluation batches no larger than the training ones: they fit in memory the training steps already used.
     if val is not None:
         metrics["val_accuracy"] = masked_accuracy(model, val, val.targets(labels), own, cfg.batch_size)
@@ -237,6 +334,25 @@ def fine_tune(
     metrics["train_accuracy"] = masked_accuracy(model, x, y, own, cfg.batch_size)
     model.eval()
     return model, metrics
+
+
+def return_freed_memory() -> None:
+    """Have glibc give large freed blocks back to the system instead of keeping them in the heap.
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MB), so
+    the activations of later steps land in a heap that fragments and is never returned: a fixed
+    threshold lowered the peak of bce-jigsaw steps of cnn-s at 64x64 by about 100 MB (measured:
+    benchmarks/results/train-memory). No effect outside glibc or where MALLOC_MMAP_THRESHOLD_ is set.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return
+    m_mmap_threshold = -3
+    mallopt(m_mmap_threshold, 128 * 1024)  # glibc's initial value, now fixed
 
 
 def _save_checkpoint(path: Path, fp: str, epoch: int, model, opt: AdamCosine, g: torch.Generator) -> None:

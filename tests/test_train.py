@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,12 +12,23 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import cli
 
 from central.init import init_central
 from edge_agent.bundle import BundleError, load_bundle
 from edge_agent.data.labeled import DataError
 from edge_agent.optim import AdamCosine
-from edge_agent.train import DEVICE_BATCH_SIZE, Interrupted, TrainConfig, jigsaw, load_local_data, train_bundle
+from edge_agent.train import (
+    DEVICE_BATCH_SIZE,
+    Interrupted,
+    TrainConfig,
+    accumulated_loss,
+    device_loss,
+    jigsaw,
+    load_local_data,
+    micro_batch_count,
+    train_bundle,
+)
 
 CFG = TrainConfig(epochs=4, seed=3)  # image models: the bce-jigsaw loss
 BCE = TrainConfig(epochs=10, seed=3)  # enough epochs for a bce-* device to reach its accuracy
@@ -191,6 +203,50 @@ def test_adam_cosine_is_torch_adam_with_cosine_annealing_bit_for_bit():
     ref, ref_lr = run(True)
     assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
     assert ours_lr == ref_lr > 0
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce-noise", "bce-jigsaw"])
+def test_micro_batches_add_up_to_the_gradient_of_the_whole_batch(central0, loss):
+    """In eval mode (BatchNorm on its running statistics, so samples are independent) the accumulated gradients of
+    3 micro-batches are those of the batch in one piece, and the random stream moves as far."""
+    cfg = replace(CFG, loss=loss).for_input("image")
+    x, t, own = torch.rand(11, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(11) % 3, torch.arange(3)
+    grads, states = [], []
+    for parts in (1, 3):
+        model = load_bundle(central0).model.eval()
+        g = torch.Generator().manual_seed(5)
+        if parts == 1:
+            loss_value = device_loss(model, x, t, own, cfg, g)
+            loss_value.backward()
+            loss_value = float(loss_value.detach())
+        else:
+            assert accumulated_loss(model, x, t, own, cfg, g, parts) == pytest.approx(loss_value, rel=1e-5)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+        states.append(g.get_state())
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(torch.allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6) for k in grads[0])
+    assert torch.equal(states[0], states[1])
+
+
+def test_step_memory_limit_runs_micro_batches_through_the_cli(tmp_path, central0, split_digits):
+    """A real `edge-agent train` under a small --step-memory-mb: each batch of 32 runs as micro-batches, it still
+    learns its two classes, and the default limit leaves 16x16 inputs in one piece."""
+    model = load_bundle(central0).model
+    assert micro_batch_count(model, (1, 16, 16), TrainConfig().for_input("image")) == 1
+    per_step = micro_batch_count(model, (1, 16, 16), replace(TrainConfig(), step_memory_mb=0.5).for_input("image"))
+    assert 1 < per_step <= 16
+    base = [cli("edge-agent"), "train", "--model", str(central0), "--data", str(split_digits / "dev1"), "--epochs", "10",
+            "--seed", "3", "--json"]
+    p = subprocess.run([*base, "--out", str(tmp_path / "m.safetensors"), "--step-memory-mb", "0.5"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads(p.stdout)["metrics"]
+    assert m["micro_batches"] == per_step and m["val_accuracy"] >= 0.9
+    assert load_bundle(tmp_path / "m.safetensors").manifest.extra["train"]["step_memory_mb"] == 0.5
+    p = subprocess.run([*base, "--out", str(tmp_path / "bad.safetensors"), "--step-memory-mb", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "the step memory limit must be more than 0 MB, not 0.0" in p.stderr
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_device_training_does_not_load_what_a_device_does_not_need(tmp_path):
