@@ -143,6 +143,21 @@ class CountingTransport(httpx.HTTPTransport):
         return resp
 
 
+def deadline_sleep(deadline_s: float, cut: threading.Event | None = None):
+    """A client's ``sleep`` that gives up once ``deadline_s`` from now would pass, or as soon as ``cut`` is set."""
+    deadline = time.monotonic() + deadline_s
+
+    def sleep(s: float) -> None:
+        if time.monotonic() + s > deadline:
+            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
+        if cut is None:
+            time.sleep(s)
+        elif cut.wait(s):
+            raise GaveUp("the server was killed")
+
+    return sleep
+
+
 def agent_client(url: str, token: str, sleep, timeout: float = 60.0) -> tuple[CentralClient, CountingTransport]:
     """The device's client (backoff, ``Retry-After`` on 503/429); ``sleep`` bounds how long it keeps trying."""
     transport = CountingTransport()
@@ -155,12 +170,7 @@ def concurrent_uploads(server: ServerProc, tokens: list[str], bundles: list[byte
     status: Counter = Counter()
     transport_errors = 0
     lock = threading.Lock()
-    deadline = time.monotonic() + deadline_s
-
-    def sleep(s: float) -> None:
-        if time.monotonic() + s > deadline:
-            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
-        time.sleep(s)
+    sleep = deadline_sleep(deadline_s)
 
     def one(i: int) -> None:
         nonlocal transport_errors
@@ -265,14 +275,8 @@ def crash_during_uploads(server: ServerProc, tokens: list[str], bundles: list[by
     status: Counter = Counter()
     lock = threading.Lock()
     killed = threading.Event()
-    deadline = time.monotonic() + deadline_s
-
-    def sleep(s: float) -> None:
-        # A client waiting out a 503 or a failed connection is cut by the kill: nothing after it is counted.
-        if time.monotonic() + s > deadline:
-            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
-        if killed.wait(s):
-            raise GaveUp("the server was killed")
+    # A client waiting out a 503 or a failed connection is cut by the kill: nothing after it is counted.
+    sleep = deadline_sleep(deadline_s, cut=killed)
 
     def one(i: int) -> None:
         nonlocal failed
@@ -330,12 +334,7 @@ def outbox_uploads(server: ServerProc, tokens: list[str], bundles: list[bytes], 
     acked, errors, kept = [], [], []
     status: Counter = Counter()
     lock = threading.Lock()
-    deadline = time.monotonic() + deadline_s
-
-    def sleep(s: float) -> None:
-        if time.monotonic() + s > deadline:
-            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
-        time.sleep(s)
+    sleep = deadline_sleep(deadline_s)
 
     def one(i: int) -> None:
         box = Outbox(work / f"outbox-{i}")
@@ -443,12 +442,7 @@ def locked_database_round(server: ServerProc, tokens: list[str], wave: list[byte
     busy = 0
     lock = threading.Lock()
     take = threading.Event()
-    deadline = time.monotonic() + deadline_s
-
-    def sleep(s: float) -> None:
-        if time.monotonic() + s > deadline:
-            raise GaveUp(f"not delivered within the {deadline_s:g} s deadline")
-        time.sleep(s)
+    sleep = deadline_sleep(deadline_s)
 
     def one(i: int) -> None:
         nonlocal busy
