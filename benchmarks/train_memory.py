@@ -156,6 +156,17 @@ def commands_behind(results: dict) -> list[str]:
     return sorted(out)
 
 
+def machines_line(results: dict) -> str:
+    """One machine, or which runs each machine measured (runs carry their own since results accumulate)."""
+    where: dict[str, list[str]] = {}
+    for case, by_tag in results["runs"].items():
+        for tag, r in by_tag.items():
+            where.setdefault(r.get("machine", results.get("machine", "?")), []).append(f"{tag} {case}")
+    if len(where) == 1:
+        return next(iter(where))
+    return "; ".join(f"{m} ({', '.join(sorted(runs))})" for m, runs in sorted(where.items()))
+
+
 def write_markdown(results: dict) -> None:
     rows = []
     tags = sorted({t for r in results["runs"].values() for t in r})
@@ -189,7 +200,7 @@ has 512 MB). `before` is the code before streaming from a uint8/feature cache, `
 with the default `--step-memory-mb` (a batch whose backward pass would keep more runs as micro-batches; the
 result's `metrics.micro_batches`), `after-batch16` the same with `--batch-size 16`. A `-` was not measured.
 
-Machine: {results['machine']}, {os.cpu_count()} cores shared with other jobs while it ran (files/s is indicative;
+Machine: {machines_line(results)}, {os.cpu_count()} cores shared with other jobs while it ran (files/s is indicative;
 peak RSS does not depend on load). Commands: {'; '.join(commands_behind(results))}
 
 {chr(10).join(rows)}
@@ -225,6 +236,7 @@ def main() -> None:
     for name in args.cases.split(","):
         r = run_case(name, args.code.resolve(), args.work, args.batch_size)
         r["command"] = cmd
+        r["machine"] = results["machine"]
         print(json.dumps(r), flush=True)
         results["runs"].setdefault(name, {})[args.tag] = r
         path.write_text(json.dumps(results, indent=2) + "\n")
