@@ -31,7 +31,7 @@ demo-full: $(STAMP)
 	$(BIN)/central demo --via-server --out demo-out/server-loop-full
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
