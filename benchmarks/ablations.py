@@ -51,7 +51,7 @@ VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
     ),
     "steps 250": ({"steps": 250}, None, None, "dac"),
     "steps 500": ({"steps": 500}, None, None, "dac"),
-    "BN frozen": ({}, None, None, "dac[bn=frozen]"),
+    "BN frozen": ({"batchnorm": "frozen"}, None, None, "dac"),
     "BN re-estimated": ({}, None, None, "dac[bn=reestimate]"),
     "targets centred": ({}, None, None, "dac[target_norm=centre]"),
     "student from the previous central": ({"student_init": "previous"}, None, None, "dac"),

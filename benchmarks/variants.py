@@ -1,7 +1,7 @@
 """Ablation variants of the distillation methods, as small subclasses registered under their own names.
 
 The product's ``kd`` and ``dac`` have one recipe (MSE on raw logits, support-weighted targets, linear
-projectors, BatchNorm in train mode). A benchmark that measures an alternative asks for it by name:
+projectors; BatchNorm is a ConsolidationConfig setting). A benchmark that measures an alternative asks for it by name:
 
     variant("dac", {"projector": "mlp", "bn": "reestimate"})   # -> "dac[bn=reestimate,projector=mlp]"
 
@@ -25,7 +25,9 @@ OPTIONS = {
     "target_norm": ("none", "centre"),  # centre: subtract each teacher's mean logit over its own classes
     "weighting": ("support", "equal"),  # equal: every teacher that knows a class counts once
     "projector": ("linear", "mlp"),  # mlp: Linear-ReLU-Linear
-    "bn": ("train", "frozen", "reestimate"),  # frozen: eval-mode BN; reestimate: recompute stats at the end
+    # reestimate: recompute BN statistics on OOD batches at the end (eval-mode BN while distilling is not a
+    # variant but the ConsolidationConfig field ``batchnorm``: --set batchnorm=frozen)
+    "bn": ("train", "reestimate"),
     # exmodel: the ex-model distillation recipe: cross-entropy on the argmax of the targets added to the logit
     # loss, SGD (lr 0.1, momentum 0.9, cosine decay) instead of Adam; give it more steps with --steps
     "recipe": ("default", "exmodel"),
@@ -133,8 +135,6 @@ def _make_class(base: type[KD], opts: dict[str, str]) -> type[KD]:
 
         def setup(self, *args, **kwargs):
             s = super().setup(*args, **kwargs)
-            if opts.get("bn") == "frozen":
-                s.student.eval()
             if opts.get("recipe") == "exmodel":
                 s.opt = torch.optim.SGD(s.module.parameters(), lr=EXMODEL_LR, momentum=EXMODEL_MOMENTUM)
                 s.sched = torch.optim.lr_scheduler.CosineAnnealingLR(s.opt, T_max=max(1, s.cfg.steps))

@@ -149,6 +149,13 @@ def consolidate(
             "central and the device), or auto (whichever already matches the teachers better on OOD data)"
         ),
     ] = "auto",
+    batchnorm: Annotated[
+        Optional[str],
+        typer.Option(
+            help="the student's BatchNorm while it distils: train (statistics follow the OOD batches) or frozen "
+            "(statistics kept from the devices' real data) (default: train for images, frozen for audio)"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="same seed, same inputs, same bundle")] = 0,
     nproc: Annotated[
         int, typer.Option(help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on GPUs)")
@@ -179,7 +186,8 @@ def consolidate(
     from central.methods import ConsolidationConfig, get_method
 
     cfg = ConsolidationConfig(
-        steps=steps, batch_size=batch_size, lr=lr, seed=seed, pld_weight=pld_weight, student_init=student_init
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, pld_weight=pld_weight, student_init=student_init,
+        batchnorm=batchnorm,
     )
     cfg.check()
     get_method(method)  # an unknown name fails here, listing the known ones

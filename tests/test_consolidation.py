@@ -101,6 +101,24 @@ def test_distillation_is_deterministic_for_a_seed():
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+def test_frozen_batchnorm_keeps_the_starting_points_statistics_and_still_learns_its_scale():
+    def stats(m):
+        return {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+
+    out = {}
+    for mode in ("train", "frozen"):
+        prev, new = _teachers()
+        before = stats(prev.model)
+        weights = {k: v.clone() for k, v in prev.model.state_dict().items() if "running" not in k and "num_batches" not in k}
+        student = get_method("kd")(prev, new, NoiseOOD(SPEC), _cfg(student_init="previous", batchnorm=mode)).model
+        after = stats(student)
+        out[mode] = all(torch.equal(before[k], after[k]) for k in before)
+        assert any(not torch.equal(weights[k], student.state_dict()[k]) for k in weights)  # it did learn
+    assert out == {"train": False, "frozen": True}
+    with pytest.raises(ValueError, match="batchnorm must be one of train, frozen"):
+        ConsolidationConfig(batchnorm="off").check()
+
+
 def test_support_weighting_makes_the_target_a_running_mean_over_devices():
     both = torch.ones(4, dtype=torch.bool)
     prev = Teacher(_model(0), both, support=torch.full((4,), 3.0))  # a central holding 3 devices
@@ -207,6 +225,7 @@ def test_unset_settings_take_the_input_kinds_defaults():
     audio = ConsolidationConfig().for_input("audio")
     assert (image.steps, image.lr) == (1000, 3e-3)
     assert (audio.steps, audio.lr) == (500, 1e-3)
+    assert (image.batchnorm, audio.batchnorm) == ("train", "frozen")
     mine = ConsolidationConfig(steps=7, lr=5e-4).for_input("image")  # what the user set stays
     assert (mine.steps, mine.lr) == (7, 5e-4)
     with pytest.raises(ValueError, match="student-init must be one of previous, average, auto"):

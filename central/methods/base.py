@@ -35,12 +35,17 @@ class Teacher:
 
 # Defaults that differ by the models' input kind: a ``ConsolidationConfig`` field left at None takes its
 # kind's value (:meth:`ConsolidationConfig.for_input`). Image values were chosen on Split-Digits val and audio
-# values on the KWS streams (benchmarks/results/dcl/dcl-split-digits-devlog.md, dcl-kws-devlog.md).
+# values on the KWS streams (benchmarks/results/dcl/dcl-split-digits-devlog.md, dcl-kws-devlog.md); BatchNorm on
+# KWS-domain val for audio and on Split-Digits and Split Fashion-MNIST val for images (dcl-split-fashion-devlog.md).
 KIND_DEFAULTS: dict[str, dict[str, object]] = {
-    "image": {"steps": 1000, "lr": 3e-3},
-    "audio": {"steps": 500, "lr": 1e-3},
+    "image": {"steps": 1000, "lr": 3e-3, "batchnorm": "train"},
+    "audio": {"steps": 500, "lr": 1e-3, "batchnorm": "frozen"},
 }
 STUDENT_INITS = ("previous", "average", "auto")
+# train: the student's BatchNorm normalises each OOD batch and its running statistics follow the OOD data.
+# frozen: BatchNorm in eval mode (scale and shift still learn); the statistics stay those of the real data
+# the student's starting point was trained on.
+BATCHNORM_MODES = ("train", "frozen")
 
 
 @dataclass
@@ -59,6 +64,7 @@ class ConsolidationConfig:
     # "previous" central, "average" of previous and incoming, or "auto": the average when it already matches
     # the teachers better on OOD batches (the device fine-tuned a central version), else the previous central.
     student_init: str = "auto"
+    batchnorm: str | None = None  # BATCHNORM_MODES; None: the input kind's default (KIND_DEFAULTS)
 
     def for_input(self, kind: str) -> ConsolidationConfig:
         """This config with every field left at None set to the default for ``kind`` models (image or audio)."""
@@ -69,6 +75,8 @@ class ConsolidationConfig:
         """Fail early, with the accepted values, on a setting no method understands."""
         if self.student_init not in STUDENT_INITS:
             raise ValueError(f"student-init must be one of {', '.join(STUDENT_INITS)}, not {self.student_init!r}")
+        if self.batchnorm is not None and self.batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, not {self.batchnorm!r}")
         if (self.steps is not None and self.steps < 1) or self.batch_size < 1:
             raise ValueError("steps and batch size must be at least 1")
         if (self.lr is not None and not self.lr > 0) or not self.pld_weight >= 0:

@@ -220,6 +220,10 @@ class DistillLoop:
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         student.train()
+        if cfg.batchnorm == "frozen":
+            for m in student.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         module: nn.Module = StudentAndProjectors(student, projectors)
         if ranks.distributed:
             # forward_sync_buffers=False: each rank keeps BatchNorm running stats from its own batches and
