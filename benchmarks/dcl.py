@@ -449,6 +449,26 @@ STREAM_NOTES = {
 }
 
 
+def joint_from_error(earlier: dict, stream: str, split: str, seeds: int, training: dict) -> str | None:
+    """Why an earlier report cannot give this run's joint bound, or None when it can.
+
+    A device-training field the earlier report predates is accepted at its TrainConfig default: fields are added
+    with a default that keeps what training did before (e.g. ``step_memory_mb``, which only splits steps that
+    would not fit in it)."""
+    mine = (stream, split, seeds)
+    theirs = (earlier.get("stream"), earlier.get("split"), earlier.get("seeds"))
+    if mine != theirs:
+        return f"it is {theirs[0]}, {theirs[1]} split, {theirs[2]} seed(s); this run is {stream}, {split}, {seeds}"
+    old = earlier.get("device_training", {})
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for key in sorted(set(old) | set(training)):
+        if key not in old and training.get(key) == defaults.get(key, object()):
+            continue  # a field added since, at the default that keeps the earlier behaviour
+        if old.get(key) != training.get(key):
+            return f"its devices trained with {key}={old.get(key)!r}, this run's with {key}={training.get(key)!r}"
+    return None
+
+
 def _joint_note(report: dict) -> list[str]:
     how = report.get("joint", "all")
     if how == "all":
@@ -668,6 +688,15 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     # Write the data once, before any worker reads it; the stream sets its own consolidation defaults.
     first = load_stream(args.stream, args.work, 0, args.split, arch=args.arch)
+    earlier = None
+    if args.joint_from:  # checked before the run, not after it
+        try:
+            earlier = json.loads(args.joint_from.read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"--joint-from {args.joint_from}: cannot read it as a report ({e})")
+        training = asdict(first.train) | {"seed": "per seed"}
+        if (why := joint_from_error(earlier, args.stream, args.split, args.seeds, training)) is not None:
+            ap.error(f"--joint-from {args.joint_from}: {why}; train joint in this run instead (--methods ...,joint)")
     cfg_over, variant_opts = config_overrides(args.set)
     over = first.consolidation | ({} if args.steps is None else {"steps": args.steps}) | cfg_over
     cfg = ConsolidationConfig(**over)
@@ -694,11 +723,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         per_seed = [_seed_job(j) for j in jobs]
     setup = load_stream(args.stream, args.work, 0, args.split, write=False, arch=args.arch)
-    if args.joint_from:
-        earlier = json.loads(args.joint_from.read_text())
-        same = (earlier["stream"], earlier["split"], earlier["seeds"], earlier["device_training"])
-        if same != (args.stream, args.split, args.seeds, asdict(setup.train) | {"seed": "per seed"}):
-            raise SystemExit(f"--joint-from {args.joint_from}: another stream, split, seed count or device training")
+    if earlier is not None:
         for mine, theirs in zip(per_seed, earlier["per_seed"], strict=True):
             mine["joint"] = theirs["joint"]
     methods = aggregate(per_seed)
