@@ -104,7 +104,7 @@ def train(
     if step_memory_mb is not None:
         cfg = replace(cfg, step_memory_mb=step_memory_mb)
     try:
-        r = train_bundle(model, data, out, cfg, fresh=fresh, skip_bad=skip_bad, summary=note)
+        r = train_bundle(model, data, out, cfg, fresh=fresh, skip_bad=skip_bad, summary=note, return_memory=True)
     except (KeyboardInterrupt, Interrupted):
         typer.secho(f"interrupted: run the same command again to resume from {out}.ckpt", err=True, fg="yellow")
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -261,12 +261,14 @@ def fine_tune(
     checkpoint: Path | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    return_memory: bool = False,
 ) -> tuple[torch.nn.Module, dict]:
     """Fine-tune ``bundle.model`` in place on ``data``; returns the model and metrics.
 
     ``data`` is in memory (:class:`LabeledSet`) or read from disk a batch at a time
     (:class:`CachedSet`); both give the same batches for a seed.
     ``stop_after_epoch`` simulates an interruption (tests); a real Ctrl-C does the same.
+    ``return_memory`` calls :func:`return_freed_memory` first: for a process that only trains.
     """
     labels = bundle.labels
     cfg = cfg.for_input(bundle.input_spec.kind)
@@ -282,7 +284,8 @@ def fine_tune(
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     model = bundle.model
-    return_freed_memory()
+    if return_memory:
+        return_freed_memory()
     parts = micro_batch_count(model, tuple(bundle.input_spec.shape), cfg)
     steps_per_epoch = max(1, (len(x) + cfg.batch_size - 1) // cfg.batch_size)
     # Adam and cosine decay as torch.optim computes them, without importing torch.optim (see edge_agent.optim).
@@ -343,6 +346,9 @@ def return_freed_memory() -> None:
     the activations of later steps land in a heap that fragments and is never returned: a fixed
     threshold lowered the peak of bce-jigsaw steps of cnn-s at 64x64 by about 100 MB (measured:
     benchmarks/results/train-memory). No effect outside glibc or where MALLOC_MMAP_THRESHOLD_ is set.
+    The setting is process-wide and costs page faults in whatever the process runs next (it took a
+    consolidation from 25.3 to 48.5 CPU s, benchmarks/results/train-memory/train-memory-devlog.md),
+    so only the device command asks for it.
     """
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
@@ -429,6 +435,7 @@ def train_bundle(
     fresh: bool = False,
     skip_bad: bool = False,
     summary: Callable[[str], None] | None = None,
+    return_memory: bool = False,
 ) -> dict:
     """Fine-tune the bundle at ``model_path`` on ``data_dir``; write the new bundle to ``out_path``.
 
@@ -440,6 +447,7 @@ def train_bundle(
     ``fresh`` discards the checkpoint first. ``summary``, if given, is called with each line of
     what was read and converted before training starts. ``cfg.batch_size=None`` takes
     :data:`DEVICE_BATCH_SIZE` for the bundle's input kind (what the device CLIs pass).
+    ``return_memory`` is :func:`fine_tune`'s: ``edge-agent train`` sets it.
     """
     import shutil
 
@@ -474,7 +482,7 @@ def train_bundle(
     if fresh:
         checkpoint.unlink(missing_ok=True)
     resumed = _checkpoint_epoch(checkpoint)
-    model, metrics = fine_tune(bundle, data, cfg, checkpoint, progress, stop_after_epoch)
+    model, metrics = fine_tune(bundle, data, cfg, checkpoint, progress, stop_after_epoch, return_memory)
     manifest = new_manifest(
         model,
         bundle.labels,
