@@ -8,7 +8,7 @@ number of consolidation steps (cost vs accuracy), BatchNorm handling, target
 normalisation, the student's initialisation, and asynchronous
 uploads (devices fine-tuned from an older central version).
 
-    python -m benchmarks.ablations [--seed 0] [--only NAME ...]
+    python -m benchmarks.ablations [--seed 0] [--only NAME ...] [--tag TAG]
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ VARIANTS: dict[str, tuple[dict, str | None, dict | None, str]] = {
     "async: devices one version behind": ({}, None, None, "dac-lag2"),
     "devices from the latest central, averaging": ({}, None, None, "avg-lag1"),
     "devices from the latest central, naive (sequential fine-tuning)": ({}, None, None, "naive-lag1"),
+    # The ex-model recipe (AntonioCarta/ex_model_cl): cross-entropy on the argmax of the targets plus the logit MSE,
+    # SGD lr 0.1 momentum 0.9 with cosine decay; it was run for far more steps, so 3000 rows compare both at 3x.
+    "steps 3000": ({"steps": 3000}, None, None, "dac"),
+    "ex-model recipe": ({}, None, None, "dac[recipe=exmodel]"),
+    "ex-model recipe, 3000 steps": ({"steps": 3000}, None, None, "dac[recipe=exmodel]"),
+    "ex-model recipe, kd (PLD off), 3000 steps": ({"steps": 3000}, None, None, "kd[recipe=exmodel]"),
 }
 
 
@@ -159,14 +165,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jobs", type=int, default=2, help="variants run in parallel processes (1 torch thread each)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dcl-bench"))
     ap.add_argument("--out", type=Path, default=RESULTS.parent / "ablations")
+    ap.add_argument(
+        "--tag", default="", help="write dcl-ablations-TAG.json/.md: rows run side by side apart from the main table"
+    )
     args = ap.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else argv
+    if unknown := [n for n in args.only or [] if n not in VARIANTS]:
+        ap.error(f"unknown variant(s) {', '.join(map(repr, unknown))}: choose from {', '.join(map(repr, VARIANTS))}")
     torch.set_num_threads(1)
     setup = load_stream("split-digits", args.work, args.seed, "test")
     train_devices(
         setup.stream, setup.base_path, _devices_dir(args.work, args.seed), setup.train, False, lambda *a: None
     )
-    out_json = args.out / "dcl-ablations.json"
+    stem = "dcl-ablations" + (f"-{args.tag}" if args.tag else "")
+    out_json = args.out / f"{stem}.json"
     previous = json.loads(out_json.read_text())["variants"] if out_json.exists() and args.only else {}
     names = [n for n in VARIANTS if not args.only or n in args.only]
     jobs = [(n, args.seed, args.work) for n in names]
@@ -189,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(out_json, report)
-    (args.out / "dcl-ablations.md").write_text(markdown(report))
+    (args.out / f"{stem}.md").write_text(markdown(report))
     return report
 
 
