@@ -120,13 +120,13 @@ def gemm_peak_gmacs(sizes: tuple[int, ...] = (256, 384, 512), repeats: int = 200
 def build(work: Path) -> dict[str, dict]:
     """Bundles, fp32 and int8 kits, and the diagnostic ONNX variant for each model; returns targets per model."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     from central.init import init_central
     from edge_agent.inputs import InputSpec
     from export.calibration import ArrayCalibrationReader, batched, noise_batches, take_samples
     from export.kit import export_bundle
-    from export.onnx_export import OnnxQuantOptions
+    from export.onnx_export import OnnxQuantOptions, quant_types
 
     out = {}
     for name, (arch, labels, shape) in MODELS.items():
@@ -138,15 +138,17 @@ def build(work: Path) -> dict[str, dict]:
             export_bundle(bundle, "all", "none", fp32_dir)
             # Calibration on Gaussian noise in input space (the export CLI's fallback); the weights are untrained anyway.
             int8 = export_bundle(bundle, "all", "int8", int8_dir)
-            # Diagnostic: the export's own int8 settings (QDQ, S8S8, per-channel, percentile) but the first conv kept in fp32.
+            # Diagnostic: the export's own int8 settings (QDQ, its weight and activation types, per-channel, percentile)
+            # but the first conv kept in fp32.
             opts = OnnxQuantOptions()
+            activation_type, weight_type = quant_types(opts)
             src = fp32_dir / "model.onnx"
             first_conv = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv")
             calib = take_samples(noise_batches(InputSpec.from_dict(int8.manifest["input"]), opts.samples), opts.samples)
             quantize_static(
                 str(src), str(stem), ArrayCalibrationReader(batched(calib, opts.batch_size), "input"),
-                quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                per_channel=True, calibrate_method=CalibrationMethod.Percentile,
+                quant_format=QuantFormat.QDQ, activation_type=activation_type, weight_type=weight_type,
+                per_channel=opts.per_channel, reduce_range=opts.reduce_range, calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"CalibPercentile": opts.percentile}, nodes_to_exclude=[first_conv],
             )
         t = {

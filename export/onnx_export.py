@@ -107,6 +107,17 @@ def _first_arg_name(model: nn.Module) -> str:
     return params[0] if params else "x"
 
 
+def quant_types(options: OnnxQuantOptions) -> tuple:
+    """ONNX Runtime's ``(activation_type, weight_type)`` for ``options``; OnnxExportError for another name."""
+    from onnxruntime.quantization import QuantType
+
+    types = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
+    for field in ("activations", "weights"):
+        if getattr(options, field) not in types:
+            raise OnnxExportError(f"{field} must be 's8' or 'u8', not {getattr(options, field)!r}")
+    return types[options.activations], types[options.weights]
+
+
 def quantize_onnx_int8(
     fp32_path: str | Path,
     out: str | Path,
@@ -118,16 +129,13 @@ def quantize_onnx_int8(
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
-        QuantType,
         quantize_static,
     )
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
     if options.method not in methods:
         raise OnnxExportError(f"unknown calibration method {options.method!r} (minmax, percentile, entropy)")
-    for field in ("activations", "weights"):
-        if getattr(options, field) not in ("s8", "u8"):
-            raise OnnxExportError(f"{field} must be 's8' or 'u8', not {getattr(options, field)!r}")
+    activation_type, weight_type = quant_types(options)
     samples = take_samples(calibration, options.samples, input_spec.shape)
     reader = ArrayCalibrationReader(batched(samples, options.batch_size), INPUT_NAME)
     extra: dict = {}
@@ -140,8 +148,8 @@ def quantize_onnx_int8(
             str(out),
             reader,
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8 if options.activations == "s8" else QuantType.QUInt8,
-            weight_type=QuantType.QInt8 if options.weights == "s8" else QuantType.QUInt8,
+            activation_type=activation_type,
+            weight_type=weight_type,
             per_channel=options.per_channel,
             reduce_range=options.reduce_range,
             calibrate_method=methods[options.method],
