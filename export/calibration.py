@@ -86,6 +86,7 @@ def ood_batches(source: str | Path | None, spec: InputSpec, n: int, batch_size: 
     left = n
     while left > 0:
         b = min(batch_size, left)
-        with torch.no_grad():
-            yield src.sample(b, g).detach().cpu().numpy().astype(np.float32)
+        with torch.no_grad():  # closed before the yield: a suspended generator must not hold grad off for its caller
+            batch = src.sample(b, g).detach().cpu().numpy().astype(np.float32)
+        yield batch
         left -= b

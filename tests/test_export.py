@@ -94,6 +94,14 @@ def test_int8_fails_only_on_gross_disagreement():
     assert not compare_logits("a", "int8", ref, np.roll(ref, 1, axis=1)).passed
 
 
+def test_a_calibration_stream_read_only_in_part_leaves_autograd_on():
+    it = noise_batches(SPEC, 64, batch_size=32)
+    assert next(it).shape == (32, 1, 16, 16)
+    assert torch.is_grad_enabled()  # the suspended generator holds no no_grad() for its caller
+    take_samples(noise_batches(SPEC, 64, batch_size=16), 16)
+    assert torch.is_grad_enabled()
+
+
 def test_calibration_adapters():
     batches = list(noise_batches(SPEC, 70, batch_size=32))
     assert [len(b) for b in batches] == [32, 32, 6]
