@@ -341,7 +341,7 @@ def markdown(res: dict) -> str:
         )
         + ".",
         "",
-        f"Calibration: {res['calib_samples']} samples per source; int8 = ONNX Runtime QDQ {_onnx_scheme()} / "
+        f"Calibration: {res['calib_samples']} samples per source; int8 = ONNX Runtime QDQ {res['onnx_int8_scheme']} / "
         "LiteRT PT2E full-integer minmax (the `write_kit` defaults). Sources: `real` = random training samples, "
         "`ood` = `ood_batches(None, spec, n)` (the central's OOD source: bundled photo for images, bundled German "
         "speech clip for audio; what `central export --quantize int8` uses), `noise` = Gaussian noise in input space.",
@@ -401,7 +401,7 @@ def markdown(res: dict) -> str:
                 f"{o['bytes_without_node_metadata']:,} | {ratio} |"
             )
         gate = [k for k, a in r["artifacts"].items() if not a["export_parity"]["default_gate_passes"]]
-        lines += ["", f"Default export parity gate (int8 top-1 agreement >= {INT8_MIN_TOP1:g} on 128 held-out samples of the calibration source): "
+        lines += ["", f"Default export parity gate (int8 top-1 agreement >= {res['int8_min_top1']:g} on 128 held-out samples of the calibration source): "
                   + (f"would have refused {', '.join(gate)}." if gate else "passes for every artifact."), ""]  # fmt: skip
     lines += ["## What the numbers mean", "", *res["reading"], ""]
     return "\n".join(lines)
@@ -473,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_state(),
         "torch_threads": 1,
         "calib_samples": args.calib_samples,
+        "onnx_int8_scheme": _onnx_scheme(),
+        "int8_min_top1": INT8_MIN_TOP1,
         "targets": {"int8_size_ratio_max": SIZE_TARGET, "int8_acc_drop_points_max": ACC_TARGET_POINTS},
         "models": {},
     }
