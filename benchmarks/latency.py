@@ -6,9 +6,11 @@
 For each model (image ``cnn-s`` 1x16x16, audio ``ds-cnn`` 1x49x40; freshly
 initialised weights, since latency does not depend on them): torch eager fp32
 (the baseline), ONNX Runtime fp32 and int8, LiteRT fp32 and int8 (as written
-by ``export.kit.export_bundle``), plus two diagnostic rows: LiteRT int8 without
-the XNNPACK delegate (do int8 ops go to XNNPACK?) and an ONNX int8 variant
-with the stem convolution left in fp32 (a proposed export setting). Every
+by ``export.kit.export_bundle``), plus three diagnostic rows: LiteRT int8 without
+the XNNPACK delegate (do int8 ops go to XNNPACK?), an ONNX int8 variant
+with the stem convolution left in fp32 (a proposed export setting), and the
+ONNX kit quantized S8S8 instead of the default U8U8 (what the scheme costs on
+this CPU; S8S8 saturates on x86 without VNNI, see export/onnx_export.py). Every
 target runs in its own process, ``--rounds`` times in rotating order; samples
 are pooled. Batch 1 and 1 thread are the on-device case; ``--batch2`` adds a
 larger batch.
@@ -126,13 +128,14 @@ def build(work: Path) -> dict[str, dict]:
     from edge_agent.inputs import InputSpec
     from export.calibration import ArrayCalibrationReader, batched, noise_batches, take_samples
     from export.kit import export_bundle
-    from export.onnx_export import OnnxQuantOptions, quant_types
+    from export.onnx_export import OnnxQuantOptions, quant_types, quantize_onnx_int8
 
     out = {}
     for name, (arch, labels, shape) in MODELS.items():
         bundle = work / f"{name}.safetensors"
         fp32_dir, int8_dir, stem = work / f"{name}-fp32", work / f"{name}-int8", work / f"{name}-int8-stem-fp32.onnx"
-        if not (stem.is_file() and (int8_dir / "manifest.json").is_file()):  # --work reuses a finished build
+        s8s8 = work / f"{name}-int8-s8s8.onnx"
+        if not (stem.is_file() and s8s8.is_file() and (int8_dir / "manifest.json").is_file()):  # --work reuses a finished build
             init_central(arch, labels, bundle, shape, seed=0)
             print(f"exporting {name} ...", file=sys.stderr, flush=True)
             export_bundle(bundle, "all", "none", fp32_dir)
@@ -151,6 +154,10 @@ def build(work: Path) -> dict[str, dict]:
                 per_channel=opts.per_channel, reduce_range=opts.reduce_range, calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"CalibPercentile": opts.percentile}, nodes_to_exclude=[first_conv],
             )
+            # Diagnostic: the export's int8 settings with signed activations and weights (the kits' scheme until U8U8).
+            spec = InputSpec.from_dict(int8.manifest["input"])
+            s8 = dataclasses.replace(opts, activations="s8", weights="s8")
+            quantize_onnx_int8(src, s8s8, noise_batches(spec, s8.samples), spec, s8)
         t = {
             "torch fp32": Target("torch", str(bundle), "fp32", shape),
             "onnx fp32": Target("onnx", str(fp32_dir / "model.onnx"), "fp32", shape),
@@ -158,6 +165,7 @@ def build(work: Path) -> dict[str, dict]:
             "onnx int8": Target("onnx", str(int8_dir / "model.int8.onnx"), "int8", shape),
             "tflite int8": Target("tflite", str(int8_dir / "model.int8.tflite"), "int8", shape, "NHWC"),
             "onnx int8 stem-fp32": Target("onnx", str(stem), "int8", shape),
+            "onnx int8 s8s8": Target("onnx", str(s8s8), "int8", shape),
             "tflite int8 no-xnnpack": Target("tflite", str(int8_dir / "model.int8.tflite"), "int8", shape, "NHWC", options={"xnnpack": False}),
         }
         out[name] = {"bundle": bundle, "shape": shape, "targets": {k: dataclasses.replace(v, label=k) for k, v in t.items()}}
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         mod["verdicts"] = verdicts(mod["rows"])
         # Where the ONNX time goes (in this process, after the timed rounds so it cannot disturb them).
         pcfg = BenchConfig(threads=args.threads, runs=300, warmup=50, isolate=False)
-        mod["onnx_profile_us"] = {k: profile_onnx(models[name]["targets"][k].path, models[name]["shape"], pcfg) for k in ("onnx fp32", "onnx int8", "onnx int8 stem-fp32")}
+        mod["onnx_profile_us"] = {k: profile_onnx(models[name]["targets"][k].path, models[name]["shape"], pcfg) for k in ("onnx fp32", "onnx int8", "onnx int8 stem-fp32", "onnx int8 s8s8")}
     if args.batch2 > 1:
         cfg2 = BenchConfig(threads=args.threads, runs=max(50, args.runs // 5), warmup=max(10, args.warmup // 5), batch=args.batch2, rounds=max(1, args.rounds // 2))
         res["batches"][str(args.batch2)] = run_block(models, cfg2, macs, peak, list(KIT_ROWS))
