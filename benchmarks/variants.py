@@ -31,11 +31,7 @@ OPTIONS = {
     # exmodel: the ex-model distillation recipe: cross-entropy on the argmax of the targets added to the logit
     # loss, SGD (lr 0.1, momentum 0.9, cosine decay) instead of Adam; give it more steps with --steps
     "recipe": ("default", "exmodel"),
-    # steer: signed-gradient steps that push each OOD input towards a random known class of one teacher
-    # (half the batch; the other half stays plain OOD), so the teachers' targets are not all one class
-    "steer": ("0", "1", "2", "4"),
-    "steer_eps": ("0.1", "0.03", "0.3", "1.0"),  # step size, in units of the batch's input std
-    "steer_frac": ("0.5", "0.25", "0.75", "1.0"),
+    # (steered OOD batches are not a variant but the ConsolidationConfig field ``steer``: --set steer=2)
 }
 TEMPERATURE = 4.0
 EXMODEL_LR, EXMODEL_MOMENTUM = 0.1, 0.9
@@ -64,45 +60,6 @@ def reestimate_bn(model: nn.Module, ood, g: torch.Generator, batch_size: int, ba
         model(ood.sample(batch_size, g))
     for m in bns:
         m.momentum = 0.1
-
-
-class SteeredOOD:
-    """OOD batches of which a fraction is pushed, by a few signed-gradient steps, towards a class a teacher knows.
-
-    Each steered sample draws a target class among the known ones and the teacher that knows it (the new
-    device for its own classes); the input moves up that teacher's log-probability of the class.
-    """
-
-    def __init__(self, ood, teachers: list[Teacher], steps: int, eps: float, frac: float):
-        self.ood, self.spec, self.teachers = ood, ood.spec, teachers
-        self.steps, self.eps, self.frac = steps, eps, frac
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        x = self.ood.sample(n, generator)
-        m = int(round(n * self.frac))
-        if m == 0 or self.steps == 0:
-            return x
-        # Which teacher steers each sample: the incoming device for half, the previous central for the rest
-        # (a teacher with no known class is skipped); the class is uniform over that teacher's classes.
-        which = torch.randint(len(self.teachers), (m,), generator=generator)
-        picks = torch.rand(m, generator=generator)
-        out = x.clone()
-        std = x[:m].std().clamp(min=1e-6)
-        for k, t in enumerate(self.teachers):
-            idx = (which == k).nonzero().flatten()
-            classes = t.known.nonzero().flatten().cpu()
-            if len(idx) == 0 or len(classes) == 0:
-                continue
-            target = classes[(picks[idx] * len(classes)).long().clamp(max=len(classes) - 1)].to(x.device)
-            xi = x[idx.to(x.device)].clone()
-            for _ in range(self.steps):
-                xi.requires_grad_(True)
-                with torch.enable_grad():
-                    logp = F.log_softmax(t.model(xi), 1).gather(1, target[:, None]).sum()
-                    (grad,) = torch.autograd.grad(logp, xi)
-                xi = (xi.detach() + self.eps * std * grad.sign()).detach()
-            out[idx.to(x.device)] = xi
-        return out
 
 
 def _make_class(base: type[KD], opts: dict[str, str]) -> type[KD]:
@@ -139,12 +96,6 @@ def _make_class(base: type[KD], opts: dict[str, str]) -> type[KD]:
                 s.opt = torch.optim.SGD(s.module.parameters(), lr=EXMODEL_LR, momentum=EXMODEL_MOMENTUM)
                 s.sched = torch.optim.lr_scheduler.CosineAnnealingLR(s.opt, T_max=max(1, s.cfg.steps))
             return s
-
-        def batch_source(self, ood, teachers):
-            steps = int(opts.get("steer", "0"))
-            if steps == 0:
-                return super().batch_source(ood, teachers)
-            return SteeredOOD(ood, teachers, steps, float(opts.get("steer_eps", "0.1")), float(opts.get("steer_frac", "0.5")))
 
         def finish_student(self, s: LoopState) -> None:
             if opts.get("bn") == "reestimate":

@@ -156,6 +156,14 @@ def consolidate(
             "(statistics kept from the devices' real data) (default: train for images, frozen for audio)"
         ),
     ] = None,
+    steer: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="signed-gradient steps that pull half of each OOD batch towards a class one teacher knows, "
+            "so the targets cover every class (0: plain OOD; default: 0)",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="same seed, same inputs, same bundle")] = 0,
     nproc: Annotated[
         int, typer.Option(help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on GPUs)")
@@ -187,7 +195,7 @@ def consolidate(
 
     cfg = ConsolidationConfig(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, pld_weight=pld_weight, student_init=student_init,
-        batchnorm=batchnorm,
+        batchnorm=batchnorm, steer=steer,
     )
     cfg.check()
     get_method(method)  # an unknown name fails here, listing the known ones

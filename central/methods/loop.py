@@ -232,6 +232,10 @@ class DistillLoop:
                 module, device_ids=[acc.index] if acc.type == "cuda" else None, forward_sync_buffers=False
             )
         source = self.batch_source(OODOnAccelerator(ood, acc), teachers)
+        if cfg.steer:
+            from central.methods.steer import SteeredOOD
+
+            source = SteeredOOD(source, teachers, cfg.steer)
         return LoopState(cfg, ranks, batch, teachers, student, projectors, module, opt, sched, gen, source, info)
 
     def step(self, s: LoopState) -> dict[str, torch.Tensor]:
