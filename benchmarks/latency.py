@@ -147,7 +147,8 @@ def build(work: Path) -> dict[str, dict]:
             activation_type, weight_type = quant_types(opts)
             src = fp32_dir / "model.onnx"
             first_conv = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv")
-            calib = take_samples(noise_batches(InputSpec.from_dict(int8.manifest["input"]), opts.samples), opts.samples)
+            spec = InputSpec.from_dict(int8.manifest["input"])
+            calib = take_samples(noise_batches(spec, opts.samples), opts.samples)
             quantize_static(
                 str(src), str(stem), ArrayCalibrationReader(batched(calib, opts.batch_size), "input"),
                 quant_format=QuantFormat.QDQ, activation_type=activation_type, weight_type=weight_type,
@@ -155,9 +156,8 @@ def build(work: Path) -> dict[str, dict]:
                 extra_options={"CalibPercentile": opts.percentile}, nodes_to_exclude=[first_conv],
             )
             # Diagnostic: the export's int8 settings with signed activations and weights (the kits' scheme until U8U8).
-            spec = InputSpec.from_dict(int8.manifest["input"])
             s8 = dataclasses.replace(opts, activations="s8", weights="s8")
-            quantize_onnx_int8(src, s8s8, noise_batches(spec, s8.samples), spec, s8)
+            quantize_onnx_int8(src, s8s8, batched(calib, opts.batch_size), spec, s8)
         t = {
             "torch fp32": Target("torch", str(bundle), "fp32", shape),
             "onnx fp32": Target("onnx", str(fp32_dir / "model.onnx"), "fp32", shape),

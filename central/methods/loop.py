@@ -184,9 +184,13 @@ class DistillLoop:
         """(total, logit, latent) losses of one batch."""
         raise NotImplementedError
 
-    def batch_source(self, ood: OODSource, teachers: list[Teacher]) -> OODSource:
-        """Where each step's inputs come from (benchmark variants may transform the OOD batches)."""
-        return ood
+    def batch_source(self, ood: OODSource, teachers: list[Teacher], cfg: ConsolidationConfig) -> OODSource:
+        """Where each step's inputs come from: the OOD source, steered towards the teachers' classes when ``cfg.steer``."""
+        if not cfg.steer:
+            return ood
+        from central.methods.steer import SteeredOOD
+
+        return SteeredOOD(ood, teachers, cfg.steer)
 
     def finish_student(self, s: LoopState) -> None:
         """Last touches on the trained student before it is frozen (BatchNorm variants hook in here)."""
@@ -231,11 +235,7 @@ class DistillLoop:
             module = DistributedDataParallel(
                 module, device_ids=[acc.index] if acc.type == "cuda" else None, forward_sync_buffers=False
             )
-        source = self.batch_source(OODOnAccelerator(ood, acc), teachers)
-        if cfg.steer:
-            from central.methods.steer import SteeredOOD
-
-            source = SteeredOOD(source, teachers, cfg.steer)
+        source = self.batch_source(OODOnAccelerator(ood, acc), teachers, cfg)
         return LoopState(cfg, ranks, batch, teachers, student, projectors, module, opt, sched, gen, source, info)
 
     def step(self, s: LoopState) -> dict[str, torch.Tensor]:
