@@ -161,7 +161,7 @@ def consolidate(
         typer.Option(
             min=0,
             help="signed-gradient steps that pull half of each OOD batch towards a class one teacher knows, "
-            "so the targets cover every class (0: plain OOD; default: 2 for audio models, 0 for images)",
+            "so the targets cover every class (0: plain OOD; default: 2)",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="same seed, same inputs, same bundle")] = 0,

@@ -249,7 +249,8 @@ def test_unset_settings_take_the_input_kinds_defaults():
     assert (image.steps, image.lr) == (1000, 3e-3)
     assert (audio.steps, audio.lr) == (500, 1e-3)
     assert (image.batchnorm, audio.batchnorm) == ("train", "frozen")
-    assert (image.steer, audio.steer) == (0, 2)
+    assert (image.steer, audio.steer) == (2, 2)
+    assert ConsolidationConfig(steer=0).for_input("image").steer == 0  # off stays off
     mine = ConsolidationConfig(steps=7, lr=5e-4).for_input("image")  # what the user set stays
     assert (mine.steps, mine.lr) == (7, 5e-4)
     with pytest.raises(ValueError, match="student-init must be one of previous, average, auto"):

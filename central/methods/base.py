@@ -37,9 +37,10 @@ class Teacher:
 # kind's value (:meth:`ConsolidationConfig.for_input`). Image values were chosen on Split-Digits val and audio
 # values on the KWS streams (benchmarks/results/dcl/dcl-split-digits-devlog.md, dcl-kws-devlog.md); BatchNorm on
 # KWS-domain val for audio and on Split-Digits and Split Fashion-MNIST val for images (dcl-split-fashion-devlog.md);
-# steering on both KWS val streams for audio (dcl-kws-devlog.md); images keep it off (dcl-split-digits-devlog.md).
+# steering on both KWS val streams for audio (dcl-kws-devlog.md) and on both image val streams, 2 seeds each, for images
+# (dcl-split-digits-devlog.md, dcl-split-fashion-devlog.md).
 KIND_DEFAULTS: dict[str, dict[str, object]] = {
-    "image": {"steps": 1000, "lr": 3e-3, "batchnorm": "train", "steer": 0},
+    "image": {"steps": 1000, "lr": 3e-3, "batchnorm": "train", "steer": 2},
     "audio": {"steps": 500, "lr": 1e-3, "batchnorm": "frozen", "steer": 2},
 }
 STUDENT_INITS = ("previous", "average", "auto")
