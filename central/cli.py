@@ -157,13 +157,13 @@ def consolidate(
         ),
     ] = None,
     steer: Annotated[
-        Optional[int],
+        int,
         typer.Option(
             min=0,
             help="signed-gradient steps that pull half of each OOD batch towards a class one teacher knows, "
-            "so the targets cover every class (0: plain OOD; default: 2)",
+            "so the targets cover every class (0: plain OOD)",
         ),
-    ] = None,
+    ] = 2,
     seed: Annotated[int, typer.Option(help="same seed, same inputs, same bundle")] = 0,
     nproc: Annotated[
         int, typer.Option(help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on GPUs)")

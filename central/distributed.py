@@ -418,7 +418,7 @@ def consolidate_distributed(
         cmd += ["--steps", str(cfg.steps)] if cfg.steps is not None else []
         cmd += ["--lr", repr(cfg.lr)] if cfg.lr is not None else []
         cmd += ["--batchnorm", cfg.batchnorm] if cfg.batchnorm is not None else []
-        cmd += ["--steer", str(cfg.steer)] if cfg.steer is not None else []
+        cmd += ["--steer", str(cfg.steer)]
         cmd += ["--ood", str(ood)] if ood is not None else []
         cmd += ["--resume"] if resume else []
         env = {**os.environ, RANK_ENV["report_dir"]: str(report), RANK_ENV["checkpoint_every"]: str(checkpoint_every),
