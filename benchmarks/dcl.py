@@ -599,7 +599,8 @@ def augment_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, command: str | None = None) -> dict:
+    """Run the benchmark; ``command`` is what the report names as its command (a wrapper passes its own)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stream", default="split-digits", choices=STREAMS)
     ap.add_argument(
@@ -736,7 +737,7 @@ def main(argv: list[str] | None = None) -> dict:
         "arch": setup.arch,
         "split": args.split,
         "seeds": args.seeds,
-        "command": "python -m benchmarks.dcl " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command or "python -m benchmarks.dcl " + " ".join(argv if argv is not None else sys.argv[1:]),
         "experiences": [{"name": e["name"], "classes": e["classes"]} for e in setup.stream.experiences],
         "ood": args.ood
         or setup.ood
