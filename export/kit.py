@@ -18,7 +18,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -166,12 +166,15 @@ def write_kit(
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     fp32 = export_onnx_fp32(model, input_spec, Path(tmp) / "model.onnx")
-                    quantize_onnx_int8(fp32, path, [calib], input_spec, onnx_options or OnnxQuantOptions(samples=len(calib)))
+                    quantize_onnx_int8(fp32, path, [calib], input_spec, replace(onnx_options or OnnxQuantOptions(), samples=len(calib)))
             set_onnx_metadata(path, _onnx_metadata(labels, input_spec, source_id, precision))
             art = Artifact(name, "onnx", precision, "NCHW")
             runner = OnnxRunner(path, art)
             input_dtype = "float32"
             extra = {"opset": _onnx_opset(path)}
+            if precision == "int8":
+                opts = onnx_options or OnnxQuantOptions()
+                extra["int8_types"] = opts.activations + opts.weights
         else:
             name = f"model{suffix}.tflite"
             path = root / name
@@ -227,14 +230,22 @@ def export_bundle(
     calibration: Iterable[np.ndarray] | None = None,
     calib_samples: int = 256,
     int8_min_top1: float = INT8_MIN_TOP1,
+    onnx_int8: str = "u8u8",
 ) -> KitResult:
     """Export a model bundle (``.safetensors``) to a kit; ``format`` is ``onnx``, ``tflite`` or ``all``.
 
     Without ``calibration``, int8 calibrates on the bundled OOD source (a photo
     or a speech clip, augmented as in consolidation): the central has no real data.
     ``int8_min_top1``: the share of held-out inputs (0..1) on which int8 must keep torch's top-1.
+    ``onnx_int8``: ONNX activation and weight types, ``u8u8`` (default), ``u8s8`` or ``s8s8`` (docs/export.md).
     """
     from edge_agent.bundle import load_bundle
+    from export.onnx_export import OnnxExportError, options_for_types
+
+    try:
+        onnx_options = options_for_types(onnx_int8)
+    except OnnxExportError as e:
+        raise KitExportError(str(e)) from None
 
     bundle = load_bundle(bundle_path)
     spec = bundle.input_spec
@@ -253,5 +264,5 @@ def export_bundle(
     }
     return write_kit(
         bundle.model, spec, bundle.labels, bundle.id, out, formats, quantize, calibration,
-        calib_samples=calib_samples, lineage=lineage, int8_min_top1=int8_min_top1,
+        calib_samples=calib_samples, lineage=lineage, int8_min_top1=int8_min_top1, onnx_options=onnx_options,
     )

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from edge_agent.inputs import InputSpec
+from export import ONNX_INT8_TYPES
 from export.calibration import ArrayCalibrationReader, batched, take_samples
 
 INPUT_NAME = "input"
@@ -105,6 +106,13 @@ def _first_arg_name(model: nn.Module) -> str:
 
     params = list(inspect.signature(model.forward).parameters)
     return params[0] if params else "x"
+
+
+def options_for_types(types: str, **kwargs) -> OnnxQuantOptions:
+    """``"s8s8"`` -> ``OnnxQuantOptions(activations="s8", weights="s8", **kwargs)``; OnnxExportError for another name."""
+    if types not in ONNX_INT8_TYPES:
+        raise OnnxExportError(f"ONNX int8 types must be one of {', '.join(ONNX_INT8_TYPES)}, not {types!r}")
+    return OnnxQuantOptions(activations=types[:2], weights=types[2:], **kwargs)
 
 
 def quant_types(options: OnnxQuantOptions) -> tuple:

@@ -168,3 +168,48 @@ def test_tflite_runs_on_tflite_runtime_2_14(kits, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         assert report["tflite_runtime"] == "2.14.0" and not report["torch_imported"]
+
+
+def _int8_types(path: Path) -> str:
+    """``"u8s8"`` etc. as the quantized ONNX graph really holds them: activation zero points, then conv/linear weights."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name: i for i in g.initializer}
+    name = {onnx.TensorProto.UINT8: "u8", onnx.TensorProto.INT8: "s8"}
+    act = {name[inits[n.input[2]].data_type] for n in g.node if n.op_type == "QuantizeLinear"}
+    weights = {name[inits[n.input[0]].data_type] for n in g.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2}
+    assert len(act) == 1 and len(weights) == 1, (act, weights)
+    return act.pop() + weights.pop()
+
+
+def test_onnx_int8_types_are_chosen_by_export_and_by_the_server_builder(cnn, tmp_path):
+    from central.server.kits import load_builder
+    from edge_agent.bundle import new_manifest, save_bundle
+    from export.cli import register
+
+    bundle = tmp_path / "central-0.safetensors"
+    save_bundle(cnn, new_manifest(cnn, LABELS, SPEC, trained_classes=[]), bundle)
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")
+    def _noop() -> None:
+        pass
+
+    runner = CliRunner()
+    base = ["export", "--model", str(bundle), "--format", "onnx", "--quantize", "int8", "--ood", "noise",
+            "--calib-samples", "64"]
+    for types in (None, "s8s8", "u8s8"):
+        out = tmp_path / f"kit-{types}"
+        res = runner.invoke(app, base + ["--out", str(out)] + (["--onnx-int8", types] if types else []))
+        assert res.exit_code == 0, res.output
+        art = load_kit(out).manifest["artifacts"][0]
+        assert art["int8_types"] == _int8_types(out / art["file"]) == (types or "u8u8")
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--onnx-int8", "s8u8"])
+    assert res.exit_code == 2 and "Traceback" not in res.output and not (tmp_path / "bad").exists()
+
+    # What `central serve --onnx-int8 s8s8` builds for each published version.
+    load_builder(None, "noise", "s8s8")(bundle, "onnx-int8", tmp_path / "served")
+    assert _int8_types(tmp_path / "served" / "model.int8.onnx") == "s8s8"

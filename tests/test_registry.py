@@ -173,6 +173,8 @@ def test_serve_refuses_a_bad_database_url_and_waits_out_an_unreachable_one(tmp_p
     assert len(r.stderr.strip().splitlines()) == 1
     r = serve("--data-dir", str(tmp_path / "a"), "--workers", "0")
     assert r.returncode == 2 and "--workers" in r.stderr
+    r = serve("--data-dir", str(tmp_path / "a"), "--onnx-int8", "s16s16")
+    assert r.returncode == 2 and "--onnx-int8" in r.stderr and "u8u8" in r.stderr
     # Nothing listens on this port: exit 75 (retry later), one line, nothing stored.
     url = f"postgresql://central@127.0.0.1:{free_port()}/central?connect_timeout=3"
     r = serve("--data-dir", str(tmp_path / "b"), "--database-url", url, "--port", str(free_port()))

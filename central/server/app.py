@@ -75,6 +75,7 @@ class ServerConfig:
     statement_ttl_days: float = DEFAULT_TTL_DAYS
     kit_builder: str | None = None  # "module:function"; None = export.kit
     calib_ood: str | None = None  # int8 calibration source for kits; None = the bundled OOD photo / clip
+    onnx_int8: str = "u8u8"  # ONNX int8 kits' activation and weight types (u8u8, u8s8, s8s8)
     database_url: str | None = None  # postgresql://... or sqlite:///...; None = <data_dir>/registry.sqlite
 
 
@@ -175,7 +176,7 @@ class State:
         self.signer = ReleaseSigner(cfg.data_dir, cfg.statement_ttl_days)
         self.upload_slots = threading.BoundedSemaphore(cfg.max_concurrent_uploads)
         self.admin_hash = token_hash(load_or_create_admin_token(cfg.data_dir))
-        self.kits = KitWorker(self.registry, self.signer, load_builder(cfg.kit_builder, cfg.calib_ood))
+        self.kits = KitWorker(self.registry, self.signer, load_builder(cfg.kit_builder, cfg.calib_ood, cfg.onnx_int8))
         self.metrics = Metrics()
         # Striped by bundle id: storing a blob, writing its row and removing it again after a failed
         # write happen under one lock, so a failing request never deletes a blob another one just referenced.

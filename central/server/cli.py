@@ -19,6 +19,7 @@ import typer
 
 from edge_agent.cli_support import EXIT_USAGE, fail, friendly
 from edge_agent.ood_sources import ood_help, ood_source_error
+from export import ONNX_INT8_TYPES
 
 SERVER_OPT = typer.Option(None, "--server", envvar="CENTRAL_SERVER", help="central URL (default: http://127.0.0.1:8080)")
 TOKEN_OPT = typer.Option(None, "--admin-token", envvar="CENTRAL_ADMIN_TOKEN", help="admin token")
@@ -51,6 +52,9 @@ def register(app: typer.Typer) -> None:
         calib_ood: str = typer.Option(
             None, help=ood_help("int8 calibration source for kits")
         ),
+        onnx_int8: str = typer.Option("u8u8", help="ONNX int8 kits' activation and weight types: u8u8 (no "
+                                      "saturation without VNNI), u8s8 or s8s8 (faster where every x86 device has "
+                                      "VNNI; docs/export.md)"),
         workers: int = typer.Option(1, help="server processes sharing the port, the database and the blobs"),
         database_url: str = typer.Option(
             None, envvar="CENTRAL_DATABASE_URL",
@@ -68,6 +72,8 @@ def register(app: typer.Typer) -> None:
 
         if (why := ood_source_error(calib_ood)) is not None:
             fail(EXIT_USAGE, f"--calib-ood: {why}")
+        if onnx_int8 not in ONNX_INT8_TYPES:
+            fail(EXIT_USAGE, f"--onnx-int8 must be one of {', '.join(ONNX_INT8_TYPES)}, not {onnx_int8!r}")
         if workers < 1:
             fail(EXIT_USAGE, f"--workers must be at least 1, not {workers}")
         db = open_database(database_url, data_dir)  # a URL naming no supported database: exit 2
@@ -81,6 +87,7 @@ def register(app: typer.Typer) -> None:
             kit_formats=tuple(f.strip() for f in kit_formats.split(",") if f.strip()),
             kit_builder=kit_builder,
             calib_ood=calib_ood,
+            onnx_int8=onnx_int8,
             database_url=database_url,
         )
         typer.echo(f"central serving {data_dir} ({db.kind} {db.url}, {workers} process(es)) on "

@@ -35,13 +35,13 @@ def split_format(fmt: str) -> tuple[str, str]:
     return runtime, precision
 
 
-def export_kit(bundle_path: Path, fmt: str, out_dir: Path, calib_ood: str | None = None) -> None:
+def export_kit(bundle_path: Path, fmt: str, out_dir: Path, calib_ood: str | None = None, onnx_int8: str = "u8u8") -> None:
     """Default builder: :func:`export.kit.export_bundle` writes the kit folder ``out_dir``.
 
     int8 calibrates on ``calib_ood`` (an image or audio file, a folder, ``"noise"``;
     ``None``: the bundled OOD photo or clip, augmented as in consolidation). The parity
     check inside the exporter refuses an artifact that disagrees with the torch model,
-    which then shows up as the kit row's error.
+    which then shows up as the kit row's error. ``onnx_int8``: the ONNX kits' activation and weight types.
     """
     runtime, precision = split_format(fmt)
     # Imported late: export (and its heavy toolchains) is optional on a registry-only box.
@@ -53,13 +53,13 @@ def export_kit(bundle_path: Path, fmt: str, out_dir: Path, calib_ood: str | None
     if precision == "int8" and calib_ood is not None:
         calibration = ood_batches(calib_ood, load_bundle(bundle_path).input_spec, 256 + 128)
     export_bundle(bundle_path, format=runtime, quantize="int8" if precision == "int8" else "none", out=out_dir,
-                  calibration=calibration)
+                  calibration=calibration, onnx_int8=onnx_int8)
 
 
-def load_builder(spec: str | None, calib_ood: str | None = None) -> KitBuilder:
+def load_builder(spec: str | None, calib_ood: str | None = None, onnx_int8: str = "u8u8") -> KitBuilder:
     """``"module:function"`` -> the function (``None``: :func:`export_kit`, calibrating int8 on ``calib_ood``)."""
     if not spec:
-        return functools.partial(export_kit, calib_ood=calib_ood)
+        return functools.partial(export_kit, calib_ood=calib_ood, onnx_int8=onnx_int8)
     mod, _, fn = spec.partition(":")
     return getattr(importlib.import_module(mod), fn)
 
